@@ -1,0 +1,3 @@
+"""eventalign: event-level cross-media alignment (CLIP-Event style) on open_clip + Lightning."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Data generation: captioned images -> events -> descriptions and hard negatives -> WebDataset shards."""
