@@ -23,7 +23,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["align", "align.*", "data_gen", "data_gen.*"]),
-    package_data={"align": ["data/*.yaml", "data/*.json"], "data_gen": ["data/*", "eventworld/*.json"]},
+    package_data={
+        "align": ["data/*.yaml", "data/*.json"],
+        "data_gen": ["data/*", "prompts/*.yaml", "eventworld/*.json"],
+    },
     install_requires=[
         "torch>=2.14",
         "torchvision",
