@@ -24,7 +24,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["align", "align.*", "data_gen", "data_gen.*"]),
     package_data={
-        "align": ["data/*.yaml", "data/*.json"],
+        "align": ["resources/*.yaml", "resources/*.json"],
         "data_gen": ["data/*", "prompts/*.yaml", "eventworld/*.json"],
     },
     install_requires=[

@@ -1,6 +1,6 @@
 """Event ontology: types, roles, templates, confusable types, and fine-type aliases.
 
-The default is the 8 M2E2 types with ACE roles (`align/data/ontology.yaml`). Users load their own
+The default is the 8 M2E2 types with ACE roles (`align/resources/ontology.yaml`). Users load their own
 with `Ontology.load("my.yaml")` (YAML or JSON, same layout). Errors name the file and the entry.
 """
 
@@ -17,7 +17,7 @@ import yaml
 
 from align.schema import Argument, Event, SchemaError
 
-DEFAULT_ONTOLOGY = Path(__file__).with_name("data") / "ontology.yaml"
+DEFAULT_ONTOLOGY = Path(__file__).with_name("resources") / "ontology.yaml"
 M2E2_TYPES = (
     "Conflict.Attack", "Conflict.Demonstrate", "Contact.Meet", "Contact.Phone-Write",
     "Justice.Arrest-Jail", "Life.Die", "Movement.Transport", "Transaction.Transfer-Money",

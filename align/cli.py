@@ -1,0 +1,123 @@
+"""`align` command line.
+
+    align fit|validate|test|predict --config configs/X.yaml [--ckpt_path last]   (LightningCLI)
+    align progressive --config configs/progressive.yaml                          (stage-wise recipe)
+
+Every checkpoint carries the resolved config and the library version; `last.ckpt` and the best (by
+`val/loss`) are written every `checkpoint.every_n_train_steps` steps, so `--ckpt_path last` resumes
+the global step, optimizer and scheduler after a crash.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from align import __version__
+from align.data import EventDataModule
+from align.module import EventAlignModule
+
+
+class StoreConfig(Callback):
+    """Puts the resolved run config and the library version into every checkpoint."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["eventalign"] = {"version": __version__, "config": self.config}
+
+
+class AlignCLI(LightningCLI):
+    """LightningCLI with step-based last/best checkpoints and the config stored in each checkpoint."""
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.save_last": True,
+            "checkpoint.monitor": "val/loss",
+            "checkpoint.mode": "min",
+            "checkpoint.save_top_k": 1,
+            "checkpoint.every_n_train_steps": 100,
+            "checkpoint.filename": "best-{step}",
+            "checkpoint.auto_insert_metric_name": False,
+        })
+
+    def before_instantiate_classes(self) -> None:
+        sub = self.config.get(self.subcommand) if self.subcommand else self.config
+        # checkpoints go under the run's root folder unless a dirpath was given
+        ckpt = sub.get("checkpoint")
+        if ckpt is not None and not ckpt.get("dirpath"):
+            root = sub["trainer"].get("default_root_dir") or "."
+            ckpt["dirpath"] = str(Path(root) / "checkpoints")
+
+    def after_instantiate_classes(self) -> None:
+        sub = self.config.get(self.subcommand) if self.subcommand else self.config
+        resolved = yaml.safe_load(self._parser(self.subcommand).dump(sub, skip_check=True))
+        self.trainer.callbacks.append(StoreConfig(resolved))
+
+
+def run_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> AlignCLI:
+    torch.set_float32_matmul_precision("high")
+    return AlignCLI(EventAlignModule, EventDataModule, args=args, run=run, save_config_kwargs={"overwrite": True})
+
+
+# ---------------------------------------------------------------------------- progressive recipes
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def progressive(config_path: str) -> list[Path]:
+    """Run each stage of a recipe in order; stage k starts from stage k-1's last weights. A finished stage
+    (its `done.json` exists) is skipped on a re-run, an unfinished one resumes from its last checkpoint."""
+    cfg = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
+    stages = cfg.pop("stages", None)
+    if not stages:
+        raise SystemExit(f"{config_path}: a progressive config needs a non-empty 'stages' list")
+    root = Path(cfg.get("trainer", {}).get("default_root_dir") or "runs/progressive")
+    previous: Path | None = None
+    finished = []
+    for i, stage in enumerate(stages):
+        name = stage.pop("name", f"stage{i + 1}")
+        stage_cfg = _merge(cfg, stage)
+        stage_dir = root / name
+        stage_cfg.setdefault("trainer", {})["default_root_dir"] = str(stage_dir)
+        if previous is not None:
+            stage_cfg.setdefault("model", {})["init_from"] = str(previous)
+        last = stage_dir / "checkpoints" / "last.ckpt"
+        done = stage_dir / "done.json"
+        if not done.exists():
+            print(f"[progressive] stage {i + 1}/{len(stages)}: {name}", file=sys.stderr)
+            cli = run_cli(stage_cfg, run=False)
+            cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(last) if last.exists() else None)
+            cli.trainer.save_checkpoint(last)
+            done.write_text(json.dumps({"stage": name, "global_step": cli.trainer.global_step}) + "\n")
+        previous = last
+        finished.append(last)
+    return finished
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["progressive"]:
+        if len(argv) != 3 or argv[1] != "--config":
+            raise SystemExit("usage: align progressive --config CONFIG.yaml")
+        progressive(argv[2])
+        return
+    run_cli(argv)
+
+
+if __name__ == "__main__":
+    main()

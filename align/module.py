@@ -1,0 +1,338 @@
+"""LightningModule: event-aware contrastive pretraining with hard negatives and OT argument alignment.
+
+One module covers every recipe in `configs/`: plain CLIP (no negatives, no OT), + hard negatives, + OT,
+and the progressive stages (event-type heads first, then hard negatives + OT). The batch format is the one
+documented in `align/data.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.retrieval import RetrievalHitRate
+from torchvision.ops import box_iou
+
+from align import __version__
+from align.losses import ContrastiveLoss, ContrastiveLossConfig, hard_negative_correct
+from align.model import EventCLIP
+from align.ontology import Ontology
+from align.ot import GradMode, Method, ground, ot_alignment_loss
+from align.schema import NEGATIVE_KINDS
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with per-step linear warmup then cosine decay to `min_lr_ratio * lr`."""
+
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class OTConfig:
+    """Solver of the OT argument-alignment head (see `align/ot.py`)."""
+
+    eps: float = 0.1
+    n_iters: int = 50
+    reg_m: float | None = None  # set for unbalanced OT, so regions may stay unmatched
+    method: Method = "sinkhorn_stabilized"
+    grad: GradMode = "envelope"  # gradients through the cost only (plan detached) or through unrolled iterations
+
+
+@dataclass
+class LossWeights:
+    """How much each objective counts. A weight of 0 switches the objective (and its compute) off."""
+
+    contrastive: float = 1.0
+    hard_negatives: bool = True  # include the sample's K hard negatives as extra columns of the contrastive loss
+    ot: float = 0.0  # OT argument-alignment loss: distance of the true structure + its contrastive hinge
+    ot_contrastive: float = 1.0  # weight of the hinge (true structure closer than role-swapped / replaced ones)
+    ot_margin: float = 0.1
+    event_type: float = 0.0  # multi-task event-type heads on the image and the primary text (progressive stage 1)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation options."""
+
+    retrieval_k: tuple[int, ...] = (1, 5, 10)
+    grounding_iou: float = 0.5
+
+
+class EventAlignModule(L.LightningModule):
+    """Trains `EventCLIP` with contrastive, hard-negative, OT and event-type objectives."""
+
+    def __init__(
+        self,
+        model_name: str = "EventCLIP-Tiny",
+        pretrained: str | None = None,
+        init_from: str | None = None,
+        lock_image: bool = False,
+        lock_text: bool = False,
+        grad_checkpointing: bool = False,
+        contrastive: ContrastiveLossConfig = ContrastiveLossConfig(),  # noqa: B008
+        weights: LossWeights = LossWeights(),  # noqa: B008
+        ot: OTConfig = OTConfig(),  # noqa: B008
+        optim: OptimConfig = OptimConfig(),  # noqa: B008
+        evaluation: EvalConfig = EvalConfig(),  # noqa: B008
+        ontology: str | None = None,
+    ) -> None:
+        """
+        Args:
+            model_name: open_clip model name (`ViT-B-32`, `RN50`, ...) or a tiny config from `configs/models/`.
+            pretrained: open_clip pretrained tag or a local .pt / .safetensors checkpoint of the CLIP model.
+            init_from: a Lightning checkpoint of this module whose weights start this run (progressive stages).
+            lock_image: freeze the image tower (LiT).
+            lock_text: freeze the text tower.
+            grad_checkpointing: trade compute for memory in both towers.
+            contrastive: image-text contrastive loss variant (ce | bce | kl) and options.
+            weights: which objectives are on and how much each counts.
+            ot: optimal-transport solver options for the argument alignment head.
+            optim: optimizer and learning-rate schedule.
+            evaluation: evaluation options.
+            ontology: path of a YAML/JSON ontology (default: the 8 M2E2 types).
+        """
+        super().__init__()
+        self.save_hyperparameters({
+            "model_name": model_name, "pretrained": pretrained, "init_from": init_from, "lock_image": lock_image,
+            "lock_text": lock_text, "grad_checkpointing": grad_checkpointing, "contrastive": asdict(contrastive),
+            "weights": asdict(weights), "ot": asdict(ot), "optim": asdict(optim), "evaluation": asdict(evaluation),
+            "ontology": ontology,
+        })
+        self.weights, self.ot_config, self.optim, self.evaluation = weights, ot, optim, evaluation
+        self.ontology = Ontology.load(ontology) if ontology else Ontology.default()
+        self.model = EventCLIP(model_name, pretrained=pretrained, lock_image=lock_image, lock_text=lock_text,
+                               grad_checkpointing=grad_checkpointing)
+        self.contrastive = ContrastiveLoss(contrastive)
+        n_types = len(self.ontology.type_names)
+        self.image_type_head = nn.Linear(self.model.embed_dim, n_types)
+        self.text_type_head = nn.Linear(self.model.embed_dim, n_types)
+        self.hardneg_acc = nn.ModuleDict({k: MeanMetric() for k in NEGATIVE_KINDS})
+        self.grounding_acc = MeanMetric()
+        self._test_embeddings: list[tuple[Tensor, Tensor]] = []
+        self.test_results: dict[str, Any] = {}
+        if init_from:
+            self._load_init(init_from)
+
+    # ------------------------------------------------------------------ setup
+    def _load_init(self, path: str) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = self.load_state_dict(state.get("state_dict", state), strict=False)
+        if unexpected or [m for m in missing if not m.startswith(("hardneg_acc", "grounding_acc"))]:
+            raise RuntimeError(f"{path}: checkpoint does not match model {self.hparams.model_name}: "
+                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    def setup(self, stage: str) -> None:
+        """Hand the model's tokenizer to the data module and check that image sizes agree."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return
+        if getattr(dm, "tokenizer", None) is None:
+            dm.tokenizer = self.model.tokenizer
+        size = getattr(dm.hparams, "image_size", self.model.image_size)
+        if size != self.model.image_size:
+            raise ValueError(f"data.image_size={size} but model {self.hparams.model_name} takes "
+                             f"{self.model.image_size} px images; set data.image_size: {self.model.image_size}")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["eventalign_version"] = __version__
+
+    # ------------------------------------------------------------------ encoding
+    def _encode_texts(self, *groups: tuple[Tensor, Tensor]) -> list[Tensor]:
+        """Encode every valid text of several padded (…, L) token tensors in one tower call."""
+        flat = [tokens[mask] for tokens, mask in groups]
+        sizes = [f.shape[0] for f in flat]
+        emb = self.model.encode_text(torch.cat(flat)) if sum(sizes) else None
+        out = []
+        for (tokens, mask), chunk in zip(groups, emb.split(sizes) if emb is not None else [None] * len(groups)):
+            full = tokens.new_zeros((*mask.shape, self.model.embed_dim), dtype=torch.float32)
+            if chunk is not None and chunk.numel():
+                full = full.to(chunk.dtype)
+                full[mask] = chunk
+            out.append(full)
+        return out
+
+    def _forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        w = self.weights
+        use_ot = w.ot > 0 or not self.training
+        use_negs = w.hard_negatives or not self.training
+        boxes = batch["boxes"] if use_ot else None
+        image, regions, region_mask = self.model.encode_image_and_regions(
+            batch["images"], boxes, batch["box_mask"] if use_ot else None)
+        groups = [(batch["pos_tokens"], batch["pos_mask"])]
+        if use_negs:
+            groups.append((batch["neg_tokens"], batch["neg_mask"]))
+        if use_ot:
+            groups.append((batch["arg_tokens"], batch["arg_mask"]))
+            if w.ot_contrastive > 0:
+                # (B, Kn, N): a corrupted structure keeps the argument slots of the true one
+                neg_arg_mask = batch["neg_arg_mask"][:, :, None] & batch["arg_mask"][:, None, :]
+                groups.append((batch["neg_arg_tokens"], neg_arg_mask))
+        texts = self._encode_texts(*groups)
+        out = {"image": image, "regions": regions, "region_mask": region_mask, "pos": texts[0]}
+        if use_negs:
+            out["neg"] = texts[1]
+        if use_ot:
+            out["args"] = texts[2 if use_negs else 1]
+            if len(texts) > (3 if use_negs else 2):
+                out["neg_args"] = texts[-1]
+        return out
+
+    # ------------------------------------------------------------------ losses
+    def _losses(self, batch: dict[str, Any], out: dict[str, Tensor]) -> dict[str, Tensor]:
+        w = self.weights
+        neg = out.get("neg") if w.hard_negatives else None
+        loss_c, parts = self.contrastive(out["image"], out["pos"], batch["pos_mask"], neg,
+                                         batch["neg_mask"] if neg is not None else None, self.model.logit_scale)
+        losses = {"contrastive": loss_c, "logit_scale": parts["logit_scale"]}
+        total = w.contrastive * loss_c
+        if w.ot > 0:
+            ot_out = self._ot(batch, out, with_negatives=w.ot_contrastive > 0)
+            losses["ot"] = ot_out.loss
+            total = total + w.ot * ot_out.loss
+        if w.event_type > 0:
+            target = batch["event_type"]
+            if (target >= 0).any():
+                primary = out["pos"][:, 0]
+                loss_t = (F.cross_entropy(self.image_type_head(out["image"]), target, ignore_index=-1)
+                          + F.cross_entropy(self.text_type_head(primary), target, ignore_index=-1)) / 2
+                losses["event_type"] = loss_t
+                total = total + w.event_type * loss_t
+        losses["loss"] = total
+        return losses
+
+    def _ot(self, batch: dict[str, Any], out: dict[str, Tensor], with_negatives: bool) -> Any:
+        c, w = self.ot_config, self.weights
+        neg = out.get("neg_args") if with_negatives else None
+        return ot_alignment_loss(
+            out["args"], out["regions"], batch["arg_mask"], out["region_mask"], neg,
+            batch["neg_arg_mask"] if neg is not None else None, margin=w.ot_margin,
+            contrastive_weight=w.ot_contrastive, eps=c.eps, n_iters=c.n_iters, reg_m=c.reg_m, method=c.method,
+            grad=c.grad)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        out = self._forward(batch)
+        losses = self._losses(batch, out)
+        bs = batch["images"].shape[0]
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=bs)
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
+        self._log_in_batch_retrieval("train", out, batch)
+        return losses["loss"]
+
+    # ------------------------------------------------------------------ evaluation
+    def _log_in_batch_retrieval(self, stage: str, out: dict[str, Tensor], batch: dict[str, Any]) -> None:
+        sims = out["image"].detach() @ out["pos"][:, 0].detach().T
+        target = torch.arange(sims.shape[0], device=sims.device)
+        bs = sims.shape[0]
+        for k in (1, 5):
+            if k <= bs:
+                hit = (sims.topk(k, dim=1).indices == target[:, None]).any(1).float().mean()
+                self.log(f"{stage}/i2t_hit@{k}", hit, batch_size=bs, sync_dist=stage != "train")
+
+    def _eval_step(self, stage: str, batch: dict[str, Any]) -> dict[str, Tensor]:
+        out = self._forward(batch)
+        losses = self._losses(batch, out)
+        bs = batch["images"].shape[0]
+        self.log(f"{stage}/loss", losses["loss"], prog_bar=True, batch_size=bs, sync_dist=True)
+        self._log_in_batch_retrieval(stage, out, batch)
+        correct = hard_negative_correct(out["image"], out["pos"], batch["pos_mask"], out["neg"], batch["neg_mask"])
+        for i, kind in enumerate(NEGATIVE_KINDS):
+            sel = batch["neg_kinds"] == i
+            if sel.any():
+                self.hardneg_acc[kind].update(correct[sel].float())
+        self._update_grounding(batch, out)
+        return out
+
+    def _update_grounding(self, batch: dict[str, Any], out: dict[str, Tensor]) -> None:
+        gold_mask = batch["arg_box_mask"] & batch["arg_mask"]
+        if not gold_mask.any() or not batch["box_mask"].any():
+            return
+        plan = self._ot(batch, out, with_negatives=False).plan
+        _, pred_boxes = ground(plan, batch["boxes"], batch["arg_mask"], out["region_mask"])
+        iou = box_iou(pred_boxes[gold_mask], batch["arg_boxes"][gold_mask]).diagonal()
+        self.grounding_acc.update((iou >= self.evaluation.grounding_iou).float())
+
+    def _log_eval_metrics(self, stage: str) -> dict[str, float]:
+        results = {}
+        for kind, metric in self.hardneg_acc.items():
+            if metric.update_count:
+                results[f"hardneg_acc/{kind}"] = float(metric.compute())
+            metric.reset()
+        if self.grounding_acc.update_count:
+            results["grounding_acc"] = float(self.grounding_acc.compute())
+        self.grounding_acc.reset()
+        for k, v in results.items():
+            self.log(f"{stage}/{k}", v, sync_dist=False)
+        return results
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval_metrics("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self._eval_step("test", batch)
+        self._test_embeddings.append((out["image"].float().cpu(), out["pos"][:, 0].float().cpu()))
+
+    def on_test_epoch_start(self) -> None:
+        self._test_embeddings = []
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self._log_eval_metrics("test")
+        images = torch.cat([i for i, _ in self._test_embeddings])
+        texts = torch.cat([t for _, t in self._test_embeddings])
+        retrieval = retrieval_hits(images, texts, self.evaluation.retrieval_k)
+        for name, v in retrieval.items():
+            self.log(f"test/{name}", v)
+        self.test_results = {
+            "hardneg_acc": {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("hardneg_acc/")},
+            "retrieval": retrieval, "grounding_acc": metrics.get("grounding_acc"), "num_samples": len(images),
+        }
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "logit_scale" in name or "bias" in name else decay).append(p)
+        o = self.optim
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=o.betas, eps=o.eps)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(o.warmup_steps, total // 2)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / max(1, warmup)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def retrieval_hits(images: Tensor, texts: Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """Hit rate @k both ways over a paired set (row i of images matches row i of texts), via torchmetrics."""
+    sims = images @ texts.T
+    n = sims.shape[0]
+    target = torch.eye(n, dtype=torch.bool)
+    idx = torch.arange(n)[:, None].expand(n, n)
+    out = {}
+    for k in ks:
+        metric = RetrievalHitRate(top_k=k)
+        out[f"i2t_hit@{k}"] = float(metric(sims.flatten(), target.flatten(), indexes=idx.flatten()))
+        metric = RetrievalHitRate(top_k=k)
+        out[f"t2i_hit@{k}"] = float(metric(sims.T.flatten(), target.flatten(), indexes=idx.flatten()))
+    return out
