@@ -38,7 +38,7 @@ def train_and_test(config: Path, shards: Path, out: Path, max_steps: int | None)
     from align.cli import run_cli  # heavy imports only when training
 
     args = ["--config", str(config), "--trainer.default_root_dir", str(out),
-            "--data.train", str(shards / "train-{000000..999999}.tar"),
+            "--data.train", str(shards / "train-*.tar"),
             "--data.val", str(shards / "val-*.tar"), "--data.test", str(shards / "test-*.tar")]
     if max_steps is not None:
         args += ["--trainer.max_steps", str(max_steps)]
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards", type=Path, default=Path("shards/eventworld"))
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
-    p.add_argument("--num-samples", type=int, default=12000)
+    p.add_argument("--num-samples", type=int, default=8000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--max-steps", type=int, default=None, help="override the config's trainer.max_steps")

@@ -12,6 +12,7 @@ import sys
 # subcommand name -> module that registers it
 SUBCOMMANDS = {
     "eventworld": "data_gen.eventworld.cli",
+    "extract": "data_gen.extract",
     "describe": "data_gen.describe",
 }
 
