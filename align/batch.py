@@ -77,12 +77,14 @@ class SampleEncoder:
 
     def __init__(self, *, image_size: int, mean: Sequence[float], std: Sequence[float], positive_kinds: Sequence[str],
                  negative_kinds: Sequence[str], num_negatives: int, max_regions: int, max_arguments: int,
-                 num_arg_negatives: int, ontology: Ontology, seed: int, max_image_pixels: int) -> None:
+                 num_arg_negatives: int, ontology: Ontology, seed: int, max_image_pixels: int,
+                 negative_modes: Sequence[str] | None = None) -> None:
         self.size, self.positive_kinds, self.negative_kinds = image_size, tuple(positive_kinds), tuple(negative_kinds)
         # Normalise uint8 pixels in numpy (one thread): torch ops in an oversubscribed main process crawl.
         self.shift = np.asarray(mean, dtype=np.float32) * 255.0
         self.scale = 1.0 / (np.asarray(std, dtype=np.float32) * 255.0)
         self.k, self.r, self.n, self.kn = num_negatives, max_regions, max_arguments, num_arg_negatives
+        self.negative_modes = None if negative_modes is None else frozenset(negative_modes)
         self.ontology, self.seed, self.max_pixels = ontology, seed, max_image_pixels
 
     def __call__(self, raw: dict[str, Any], epoch: int | None) -> dict[str, Any]:
@@ -150,7 +152,8 @@ class SampleEncoder:
     def _negatives(self, sample: Sample, rng: random.Random) -> list[tuple[str, int]]:
         groups = []
         for kind in self.negative_kinds:
-            texts = [(n.text, NEGATIVE_KINDS.index(kind)) for n in sample.negatives if n.kind == kind and n.text]
+            texts = [(n.text, NEGATIVE_KINDS.index(kind)) for n in sample.negatives if n.kind == kind and n.text
+                     and (self.negative_modes is None or n.changed.get("mode") in self.negative_modes)]
             rng.shuffle(texts)
             groups.append(texts)
         rng.shuffle(groups)

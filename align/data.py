@@ -277,6 +277,7 @@ class EventDataModule(L.LightningDataModule):
         seed: int = 0,
         positive_kinds: tuple[str, ...] = ("long", "caption"),
         negative_kinds: tuple[str, ...] = NEGATIVE_KINDS,
+        negative_modes: tuple[str, ...] | None = None,
         num_negatives: int = 4,
         max_regions: int = 16,
         max_arguments: int = 6,
@@ -305,6 +306,9 @@ class EventDataModule(L.LightningDataModule):
             seed: Base seed; shard, shuffle and negative draws also depend on rank, worker and epoch.
             positive_kinds: Description kinds used as positives; the first is the primary text.
             negative_kinds: Hard negative kinds to sample from.
+            negative_modes: Keep only negatives made in these modes (`changed["mode"]`: "template" or
+                "caption_edit"), so they are written in the same style as the primary positive and cannot be
+                told apart by style alone; None keeps all.
             num_negatives: Negatives per sample (K), padded with a mask.
             max_regions: Region boxes per sample (R), padded with a mask.
             max_arguments: Salient-event arguments per sample (N), padded with a mask.
@@ -315,6 +319,9 @@ class EventDataModule(L.LightningDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
+        for mode in negative_modes or ():
+            if mode not in ("template", "caption_edit", "llm"):
+                raise ValueError(f"negative_modes: {mode!r} is not one of ['template', 'caption_edit', 'llm']")
         for kind in positive_kinds:
             if kind not in DESCRIPTION_KINDS:
                 raise ValueError(f"positive_kinds: {kind!r} is not one of {list(DESCRIPTION_KINDS)}")
@@ -390,7 +397,7 @@ class EventDataModule(L.LightningDataModule):
             image_size=h.image_size, mean=h.mean, std=h.std, positive_kinds=h.positive_kinds,
             negative_kinds=h.negative_kinds, num_negatives=h.num_negatives, max_regions=h.max_regions,
             max_arguments=h.max_arguments, num_arg_negatives=h.num_arg_negatives, ontology=self.ontology,
-            seed=h.seed, max_image_pixels=h.max_image_pixels)
+            seed=h.seed, max_image_pixels=h.max_image_pixels, negative_modes=h.negative_modes)
         sizes = {"P": len(h.positive_kinds), "K": h.num_negatives, "R": h.max_regions, "N": h.max_arguments,
                  "Kn": h.num_arg_negatives}
         stream = ShardStream(

@@ -341,3 +341,27 @@ def test_under_trainer_epochs_lengths_and_skip_counts(tmp_path, tokenizer):
     for e in (0, 1):
         assert sorted(probe.val_keys[e]) == sorted(f"val{s:02d}{i:03d}" for s in range(2) for i in range(5))
     assert dm.skipped == Counter({"bad_json": 2})  # one bad record, read by two validation runs
+
+
+def test_negative_modes_keep_only_that_style():
+    from align.batch import SampleEncoder
+    from align.ontology import Ontology
+
+    sample = attack_sample("m")
+    for i, n in enumerate(sample.negatives):
+        n.changed["mode"] = "template" if i % 2 else "caption_edit"
+    kept = {n.text for n in sample.negatives if n.changed["mode"] == "template"}
+
+    def encoder(modes):
+        return SampleEncoder(image_size=SIZE, mean=(0, 0, 0), std=(1, 1, 1), positive_kinds=("long",),
+                             negative_kinds=("type_swap", "role_swap", "arg_replace"), num_negatives=8,
+                             max_regions=4, max_arguments=4, num_arg_negatives=0, ontology=Ontology.default(),
+                             seed=0, max_image_pixels=10**8, negative_modes=modes)
+
+    import random
+
+    picked = {t for t, _ in encoder(("template",))._negatives(sample, random.Random(0))}
+    assert picked == kept
+    assert len(encoder(None)._negatives(sample, random.Random(0))) == len(sample.negatives)
+    with pytest.raises(ValueError, match="negative_modes"):
+        EventDataModule(negative_modes=("prose",))
