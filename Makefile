@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_SHARDS := shards/eventworld
 
-.PHONY: venv demo test test-all lint bench bench-quality clean
+.PHONY: venv demo test test-all lint bench clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "eventworld": "data_gen.eventworld.cli",
     "extract": "data_gen.extract",
     "describe": "data_gen.describe",
+    "build": "data_gen.build",
 }
 
 
