@@ -42,7 +42,7 @@ from align.ontology import Ontology
 from align.schema import Event, Region, Sample, SchemaError
 from data_gen.describe import describe, parse_counts
 from data_gen.extract import BACKENDS, Extractor, get_extractor
-from data_gen.negatives import DEFAULT_COUNTS, MODES, EntityPool, make_negatives
+from data_gen.negatives import DEFAULT_COUNTS, MODES, EntityPool, negatives_for_modes
 from data_gen.salient import count_types, select_salient
 from data_gen.shards import MANIFEST, ShardError, ShardPlan, ShardSet, sha256_file
 from data_gen.sources import SOURCES, Skip, SourceError, SourceItem, list_items
@@ -289,14 +289,8 @@ class BuildSamples:
         rng = random.Random(f"{self.seed}:{item.id}")  # per item: independent of order, blocks and jobs
         merged, salient = select_salient(events, ontology, type_counts)
         positives = describe(caption, merged, salient, ontology, rng)
-        negatives = []
-        if salient is not None:
-            avoid = [p.text for p in positives]
-            for mode in self.modes:
-                made = make_negatives(caption, merged[salient], ontology, rng, avoid, self.negatives, pool,
-                                      mode)  # type: ignore[arg-type]
-                avoid += [n.text for n in made]
-                negatives += made
+        negatives = [] if salient is None else negatives_for_modes(
+            caption, merged[salient], ontology, rng, [p.text for p in positives], self.modes, self.negatives, pool)
         provenance = {"source": self.source.kind, "id": item.id, "split": self.split, "extractor": self.extractor,
                       "image_format": fmt, **{k: v for k, v in item.extra.items() if k != "events"}}
         url = item.load_meta().get("url")

@@ -27,7 +27,7 @@ from typing import Any
 from align.ontology import Ontology
 from align.schema import Description, Event, SchemaError
 from data_gen.caption_edit import clause, norm
-from data_gen.negatives import DEFAULT_COUNTS, MODES, RULE_KINDS, EntityPool, EntityPoolFn, make_negatives
+from data_gen.negatives import DEFAULT_COUNTS, MODES, RULE_KINDS, EntityPool, EntityPoolFn, negatives_for_modes
 from data_gen.salient import count_types, select_salient
 
 POSITIVE_KINDS: tuple[str, ...] = ("caption", "short", "long", "caption_edit")
@@ -118,18 +118,14 @@ def process_record(record: dict[str, Any], events: list[Event], ontology: Ontolo
     merged, salient = select_salient(events, ontology, type_counts, record.get("image_prior"))
     caption = record["caption"]
     positives = describe(caption, merged, salient, ontology, rng, config.kinds)
-    negatives = []
+    negatives = [] if salient is None else negatives_for_modes(
+        caption, merged[salient], ontology, rng, [p.text for p in positives], config.modes, config.counts, entity_pool)
     if salient is not None:
-        avoid = [p.text for p in positives]
+        got = Counter((n.changed.get("mode"), n.kind) for n in negatives)
         for mode in config.modes:
-            made = make_negatives(caption, merged[salient], ontology, rng, avoid, config.counts, entity_pool,
-                                  mode)  # type: ignore[arg-type]
-            avoid += [n.text for n in made]
-            negatives += made
-            got = Counter(n.kind for n in made)
             for kind, want in config.counts.items():
-                stats[f"negatives.{mode}.{kind}"] += got[kind]
-                stats[f"skipped.{mode}.{kind}"] += want - got[kind]
+                stats[f"negatives.{mode}.{kind}"] += got[mode, kind]
+                stats[f"skipped.{mode}.{kind}"] += want - got[mode, kind]
     stats["records"] += 1
     stats["no_event"] += salient is None
     stats.update(f"positives.{p.kind}" for p in positives)

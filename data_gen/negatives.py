@@ -266,3 +266,16 @@ def make_negatives(caption: str, event: Event, ontology: Ontology, rng: random.R
             if made == want:
                 break
     return out
+
+
+def negatives_for_modes(caption: str, event: Event, ontology: Ontology, rng: random.Random, positives: Sequence[str],
+                        modes: Sequence[str], counts: Mapping[str, int] = DEFAULT_COUNTS,
+                        entity_pool: EntityPoolFn | None = None) -> list[Negative]:
+    """`make_negatives` once per mode (e.g. template and caption edit), no text repeating a positive or an
+    earlier negative. Each negative's `changed["mode"]` says which mode made it."""
+    avoid, out = list(positives), []
+    for mode in modes:
+        made = make_negatives(caption, event, ontology, rng, avoid, counts, entity_pool, mode)  # type: ignore[arg-type]
+        avoid += [n.text for n in made]
+        out += made
+    return out

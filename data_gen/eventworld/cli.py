@@ -16,7 +16,7 @@ from data_gen.describe import describe
 from data_gen.eventworld import render_sample, visible_alternatives
 from data_gen.eventworld.m2e2 import write_m2e2_gold
 from data_gen.eventworld.preview import preview_grid
-from data_gen.negatives import make_negatives
+from data_gen.negatives import negatives_for_modes
 from data_gen.shards import MANIFEST, ShardError, ShardPlan, ShardSet, iter_records, parse_splits
 
 DEFAULT_NEGATIVES = "type_swap=2,role_swap=2,arg_replace=2"
@@ -51,12 +51,9 @@ class EventWorldSamples:
                                     kinds=("caption", "short", "long"))
         event = sample.salient_event
         if event is not None:
-            texts = [d.text for d in sample.positives]
-            for mode in ("caption_edit", "template"):
-                new = make_negatives(sample.caption, event, ontology, rng, texts + [n.text for n in sample.negatives],
-                                     counts=self.negatives, mode=mode,
-                                     entity_pool=lambda a, t=event.type: visible_alternatives(a, t))
-                sample.negatives.extend(new)
+            sample.negatives = negatives_for_modes(
+                sample.caption, event, ontology, rng, [d.text for d in sample.positives], ("caption_edit", "template"),
+                self.negatives, lambda a: visible_alternatives(a, event.type))
         return sample
 
 
