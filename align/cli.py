@@ -37,6 +37,20 @@ class StoreConfig(Callback):
         checkpoint["eventalign"] = {"version": __version__, "config": self.config}
 
 
+class SaveFinalStep(Callback):
+    """Writes `last.ckpt` after the final step (`max_steps`) when it falls between two step checkpoints, so the run's
+    final weights are kept; saved at the point ModelCheckpoint uses, so a resume continues exactly."""
+
+    def __init__(self, checkpoint: ModelCheckpoint, every_n_train_steps: int | None) -> None:
+        self.checkpoint, self.every = checkpoint, every_n_train_steps
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step, ckpt = trainer.global_step, self.checkpoint
+        if step == trainer.max_steps and ckpt.dirpath and (not self.every or step % self.every):
+            trainer.save_checkpoint(Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}")
+
+
 class AlignCLI(LightningCLI):
     """LightningCLI with step-based last/best checkpoints and the config stored in each checkpoint."""
 
@@ -59,11 +73,16 @@ class AlignCLI(LightningCLI):
         if ckpt is not None and not ckpt.get("dirpath"):
             root = sub["trainer"].get("default_root_dir") or "."
             ckpt["dirpath"] = str(Path(root) / "checkpoints")
+        if "weights_only" in sub and sub["weights_only"] is None:  # --ckpt_path files load without unpickling
+            sub["weights_only"] = True
 
     def after_instantiate_classes(self) -> None:
         sub = self.config.get(self.subcommand) if self.subcommand else self.config
         resolved = yaml.safe_load(self._parser(self.subcommand).dump(sub, skip_check=True))
         self.trainer.callbacks.append(StoreConfig(resolved))
+        ckpt = self.trainer.checkpoint_callback
+        if isinstance(ckpt, ModelCheckpoint) and ckpt.save_last:
+            self.trainer.callbacks.append(SaveFinalStep(ckpt, sub["checkpoint"].get("every_n_train_steps")))
 
 
 def run_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> AlignCLI:
@@ -79,16 +98,16 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def progressive(config_path: str) -> list[Path]:
-    """Run each stage of a recipe in order; stage k starts from stage k-1's last weights. A finished stage
-    (its `done.json` exists) is skipped on a re-run, an unfinished one resumes from its last checkpoint."""
+def stage_configs(config_path: str) -> list[tuple[str, dict[str, Any]]]:
+    """A recipe's stages as (name, fit config): each stage (minus `name`) deep-merged over the base config, run in
+    DEFAULT_ROOT_DIR/NAME, and from stage 2 on started from the previous stage's `checkpoints/last.ckpt`."""
     cfg = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
-    stages = cfg.pop("stages", None)
-    if not stages:
-        raise SystemExit(f"{config_path}: a progressive config needs a non-empty 'stages' list")
+    stages = cfg.pop("stages", None) if isinstance(cfg, dict) else None
+    if not stages or not all(isinstance(s, dict) for s in stages):
+        raise SystemExit(f"{config_path}: a progressive config needs a non-empty 'stages' list of mappings")
     root = Path(cfg.get("trainer", {}).get("default_root_dir") or "runs/progressive")
     previous: Path | None = None
-    finished = []
+    out = []
     for i, stage in enumerate(stages):
         name = stage.pop("name", f"stage{i + 1}")
         stage_cfg = _merge(cfg, stage)
@@ -96,15 +115,27 @@ def progressive(config_path: str) -> list[Path]:
         stage_cfg.setdefault("trainer", {})["default_root_dir"] = str(stage_dir)
         if previous is not None:
             stage_cfg.setdefault("model", {})["init_from"] = str(previous)
+        previous = stage_dir / "checkpoints" / "last.ckpt"
+        out.append((name, stage_cfg))
+    return out
+
+
+def progressive(config_path: str) -> list[Path]:
+    """Run each stage of a recipe in order; stage k starts from stage k-1's last weights. A finished stage
+    (its `done.json` exists) is skipped on a re-run, an unfinished one resumes from its last checkpoint."""
+    stages = stage_configs(config_path)
+    finished = []
+    for i, (name, stage_cfg) in enumerate(stages):
+        stage_dir = Path(stage_cfg["trainer"]["default_root_dir"])
         last = stage_dir / "checkpoints" / "last.ckpt"
         done = stage_dir / "done.json"
         if not done.exists():
             print(f"[progressive] stage {i + 1}/{len(stages)}: {name}", file=sys.stderr)
             cli = run_cli(stage_cfg, run=False)
-            cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(last) if last.exists() else None)
+            cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(last) if last.exists() else None,
+                            weights_only=True)
             cli.trainer.save_checkpoint(last)
             done.write_text(json.dumps({"stage": name, "global_step": cli.trainer.global_step}) + "\n")
-        previous = last
         finished.append(last)
     return finished
 

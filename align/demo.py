@@ -45,7 +45,7 @@ def train_and_test(config: Path, shards: Path, out: Path, max_steps: int | None)
     cli = run_cli(args, run=False)
     start = time.perf_counter()
     last = out / "checkpoints" / "last.ckpt"
-    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(last) if last.exists() else None)
+    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(last) if last.exists() else None, weights_only=True)
     train_s = time.perf_counter() - start
     cli.trainer.test(cli.model, cli.datamodule)
     results = dict(cli.model.test_results)

@@ -113,12 +113,12 @@ class _Batch(NamedTuple):
 
 
 def _gather_batch(image: Tensor, positives: Tensor, positive_mask: Tensor, negatives: Tensor, negative_mask: Tensor,
-                  with_negatives: bool) -> _Batch:
+                  with_negatives: bool, gather: bool = True) -> _Batch:
     """All-gather (with gradient) the images, positives and, if asked, negatives of every rank.
 
     Ranks may hold different B, P and K: tensors are padded to the largest, gathered, and padded rows dropped.
     """
-    if not _distributed():
+    if not gather or not _distributed():
         return _Batch(image, positives, positive_mask, negatives if with_negatives else None,
                       negative_mask if with_negatives else None, 0, 1)
     world, rank = dist.get_world_size(), dist.get_rank()
@@ -201,11 +201,13 @@ class ContrastiveLoss(nn.Module):
         return torch.where(valid, torch.xlogy(q, q) - q * logp, 0.0).sum(dim=1)
 
     def forward(self, image: Tensor, positives: Tensor, positive_mask: Tensor, negatives: Tensor | None,
-                negative_mask: Tensor | None, logit_scale: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+                negative_mask: Tensor | None, logit_scale: Tensor,
+                gather: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss for this rank's rows and {"i2t", "t2i", "logit_scale", "bias" (bce)} (detached) for logging.
 
         image (B, D) and texts (B, P, D) / (B, K, D) are L2-normalised embeddings; masks are bool (B, P) / (B, K);
-        negatives may be None or have K = 0; logit_scale is the model's log-space parameter.
+        negatives may be None or have K = 0; logit_scale is the model's log-space parameter. `gather=False` keeps the
+        loss rank-local (evaluation, where ranks may see different numbers of batches and must not wait on each other).
         """
         if negatives is None:
             negatives = image.new_zeros(image.shape[0], 0, image.shape[1])
@@ -216,7 +218,8 @@ class ContrastiveLoss(nn.Module):
         cfg = self.config
         image, positives, negatives = map(_at_least_fp32, (image, positives, negatives))
         scale = _at_least_fp32(logit_scale).exp().clamp(max=cfg.max_logit_scale)
-        g = _gather_batch(image, positives, positive_mask, negatives, negative_mask, cfg.use_negatives_of_others)
+        g = _gather_batch(image, positives, positive_mask, negatives, negative_mask, cfg.use_negatives_of_others,
+                          gather)
         b, n_global = image.shape[0], g.image.shape[0]
         rows = torch.arange(b, device=image.device) + g.offset
 

@@ -8,6 +8,7 @@ documented in `align/data.py`.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,7 +30,16 @@ from align.schema import NEGATIVE_KINDS
 
 @dataclass
 class OptimConfig:
-    """AdamW with per-step linear warmup then cosine decay to `min_lr_ratio * lr`."""
+    """AdamW with per-step linear warmup then cosine decay to `min_lr_ratio * lr`.
+
+    Attributes:
+        lr: peak learning rate.
+        weight_decay: AdamW decay of the weight matrices (not of biases, norms or the logit scale).
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        warmup_steps: optimizer steps of linear warmup from 0 to `lr`.
+        min_lr_ratio: learning rate at the end of the cosine decay, as a fraction of `lr`.
+    """
 
     lr: float = 5e-4
     weight_decay: float = 0.1
@@ -41,30 +51,52 @@ class OptimConfig:
 
 @dataclass
 class OTConfig:
-    """Solver of the OT argument-alignment head (see `align/ot.py`)."""
+    """Solver of the OT argument-alignment head (see `align/ot.py`).
+
+    Attributes:
+        eps: entropic regularisation of the transport plan.
+        n_iters: solver iterations.
+        reg_m: marginal relaxation for unbalanced OT, so regions may stay unmatched (null: balanced).
+        method: OT solver.
+        grad: gradients through the cost only (plan detached: envelope) or through unrolled iterations.
+    """
 
     eps: float = 0.1
     n_iters: int = 50
-    reg_m: float | None = None  # set for unbalanced OT, so regions may stay unmatched
+    reg_m: float | None = None
     method: Method = "sinkhorn_stabilized"
-    grad: GradMode = "envelope"  # gradients through the cost only (plan detached) or through unrolled iterations
+    grad: GradMode = "envelope"
 
 
 @dataclass
 class LossWeights:
-    """How much each objective counts. A weight of 0 switches the objective (and its compute) off."""
+    """How much each objective counts. A weight of 0 switches the objective (and its compute) off.
+
+    Attributes:
+        contrastive: weight of the image-text contrastive loss.
+        hard_negatives: include the sample's K hard negatives as extra columns of the contrastive loss.
+        ot: weight of the OT argument-alignment loss (distance of the true structure + its contrastive hinge).
+        ot_contrastive: weight of the hinge: true structure closer than role-swapped / replaced ones.
+        ot_margin: margin of that hinge.
+        event_type: weight of the event-type heads on the image and the primary text (progressive stage 1).
+    """
 
     contrastive: float = 1.0
-    hard_negatives: bool = True  # include the sample's K hard negatives as extra columns of the contrastive loss
-    ot: float = 0.0  # OT argument-alignment loss: distance of the true structure + its contrastive hinge
-    ot_contrastive: float = 1.0  # weight of the hinge (true structure closer than role-swapped / replaced ones)
+    hard_negatives: bool = True
+    ot: float = 0.0
+    ot_contrastive: float = 1.0
     ot_margin: float = 0.1
-    event_type: float = 0.0  # multi-task event-type heads on the image and the primary text (progressive stage 1)
+    event_type: float = 0.0
 
 
 @dataclass
 class EvalConfig:
-    """Evaluation options."""
+    """Evaluation options.
+
+    Attributes:
+        retrieval_k: cut-offs of the test-set retrieval hit rates (image->text and text->image).
+        grounding_iou: IoU with the gold box at which a grounded argument counts as correct.
+    """
 
     retrieval_k: tuple[int, ...] = (1, 5, 10)
     grounding_iou: float = 0.5
@@ -118,6 +150,9 @@ class EventAlignModule(L.LightningModule):
         n_types = len(self.ontology.type_names)
         self.image_type_head = nn.Linear(self.model.embed_dim, n_types)
         self.text_type_head = nn.Linear(self.model.embed_dim, n_types)
+        if weights.event_type == 0:  # DDP fails on trainable parameters that no loss uses
+            self.image_type_head.requires_grad_(False)
+            self.text_type_head.requires_grad_(False)
         self.hardneg_acc = nn.ModuleDict({k: MeanMetric() for k in NEGATIVE_KINDS})
         self.grounding_acc = MeanMetric()
         self._test_embeddings: list[tuple[Tensor, Tensor]] = []
@@ -194,7 +229,8 @@ class EventAlignModule(L.LightningModule):
         w = self.weights
         neg = out.get("neg") if w.hard_negatives else None
         loss_c, parts = self.contrastive(out["image"], out["pos"], batch["pos_mask"], neg,
-                                         batch["neg_mask"] if neg is not None else None, self.model.logit_scale)
+                                         batch["neg_mask"] if neg is not None else None, self.model.logit_scale,
+                                         gather=self.training)
         losses = {"contrastive": loss_c, "logit_scale": parts["logit_scale"]}
         total = w.contrastive * loss_c
         if w.ot > 0:
@@ -203,12 +239,14 @@ class EventAlignModule(L.LightningModule):
             total = total + w.ot * ot_out.loss
         if w.event_type > 0:
             target = batch["event_type"]
+            logits_i, logits_t = self.image_type_head(out["image"]), self.text_type_head(out["pos"][:, 0])
             if (target >= 0).any():
-                primary = out["pos"][:, 0]
-                loss_t = (F.cross_entropy(self.image_type_head(out["image"]), target, ignore_index=-1)
-                          + F.cross_entropy(self.text_type_head(primary), target, ignore_index=-1)) / 2
-                losses["event_type"] = loss_t
-                total = total + w.event_type * loss_t
+                loss_t = (F.cross_entropy(logits_i, target, ignore_index=-1)
+                          + F.cross_entropy(logits_t, target, ignore_index=-1)) / 2
+            else:  # a batch without typed events still uses the heads, as DDP requires of every parameter
+                loss_t = 0.0 * (logits_i.sum() + logits_t.sum())
+            losses["event_type"] = loss_t
+            total = total + w.event_type * loss_t
         losses["loss"] = total
         return losses
 
@@ -236,9 +274,10 @@ class EventAlignModule(L.LightningModule):
         target = torch.arange(sims.shape[0], device=sims.device)
         bs = sims.shape[0]
         for k in (1, 5):
-            if k <= bs:
-                hit = (sims.topk(k, dim=1).indices == target[:, None]).any(1).float().mean()
-                self.log(f"{stage}/i2t_hit@{k}", hit, batch_size=bs, sync_dist=stage != "train")
+            # every key on every batch (hit@k is 1 when k >= batch size): under DDP each rank must sync the
+            # same keys at epoch end, or the one with a short last batch leaves the others waiting forever
+            hit = (sims.topk(min(k, bs), dim=1).indices == target[:, None]).any(1).float().mean()
+            self.log(f"{stage}/i2t_hit@{k}", hit, batch_size=bs, sync_dist=stage != "train")
 
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> dict[str, Tensor]:
         out = self._forward(batch)
@@ -264,14 +303,16 @@ class EventAlignModule(L.LightningModule):
         self.grounding_acc.update((iou >= self.evaluation.grounding_iou).float())
 
     def _log_eval_metrics(self, stage: str) -> dict[str, float]:
+        # compute() syncs across ranks, so every rank calls it for every metric, updated locally or not
         results = {}
-        for kind, metric in self.hardneg_acc.items():
-            if metric.update_count:
-                results[f"hardneg_acc/{kind}"] = float(metric.compute())
+        metrics = {**{f"hardneg_acc/{k}": m for k, m in self.hardneg_acc.items()}, "grounding_acc": self.grounding_acc}
+        for name, metric in metrics.items():
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*was called before the ``update``")
+                value = float(metric.compute())
+            if not math.isnan(value):  # NaN: no rank saw a case
+                results[name] = value
             metric.reset()
-        if self.grounding_acc.update_count:
-            results["grounding_acc"] = float(self.grounding_acc.compute())
-        self.grounding_acc.reset()
         for k, v in results.items():
             self.log(f"{stage}/{k}", v, sync_dist=False)
         return results

@@ -1,0 +1,224 @@
+"""End-to-end training through the `align` CLI on tiny EventWorld shards (CPU, EventCLIP-Tiny): the loss goes down,
+runs resume from step checkpoints that load without pickle, the test stage reports every metric, corrupt samples
+are skipped and counted, two-process DDP runs, progressive stages chain their weights, and `--help` documents
+the arguments."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+import align.cli
+from align.cli import progressive, run_cli
+from align.module import EventAlignModule
+from align.schema import NEGATIVE_KINDS
+from data_gen.cli import main as data_gen_main
+
+REPO = Path(__file__).resolve().parent.parent
+# run_cli is given args while pytest's own argv is set; LightningCLI warns about that mix
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """96 samples of 128 px, 8 per shard, so val and test have 2 shards each (one per DDP rank)."""
+    out = tmp_path_factory.mktemp("eventworld")
+    code = data_gen_main(["eventworld", "--out", str(out), "--num-samples", "96", "--samples-per-shard", "8",
+                          "--seed", "0", "--quiet"])
+    assert code == 0
+    return out
+
+
+def write_config(path: Path, shards: Path, root: Path, max_steps: int, *, every: int = 10, **extra: Any) -> Path:
+    """A fit config in the layout of configs/demo.yaml, sized for tests: batch 8, full mode (negatives + OT)."""
+    cfg: dict[str, Any] = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "max_steps": max_steps, "val_check_interval": every,
+            "check_val_every_n_epoch": None, "limit_val_batches": 1, "num_sanity_val_steps": 0,
+            "log_every_n_steps": 1, "default_root_dir": str(root), "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                        "init_args": {"save_dir": str(root), "name": "csv"}}],
+        },
+        "checkpoint": {"every_n_train_steps": every},
+        "model": {"model_name": "EventCLIP-Tiny", "weights": {"hard_negatives": True, "ot": 0.5},
+                  "optim": {"lr": 1.0e-3, "warmup_steps": 2}},
+        "data": {"train": str(shards / "train-*.tar"), "val": str(shards / "val-*.tar"),
+                 "test": str(shards / "test-*.tar"), "batch_size": 8, "num_workers": 0, "image_size": 128,
+                 "positive_kinds": ["long"], "num_negatives": 4, "max_regions": 12, "max_arguments": 4,
+                 "num_arg_negatives": 1, "shuffle_buffer": 32},
+    }
+    for key, value in extra.items():
+        cfg = align.cli._merge(cfg, {key: value})
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def logged(root: Path, key: str, version: int = 0) -> list[tuple[int, float]]:
+    """(step, value) rows of one metric from the CSV logger."""
+    with open(root / "csv" / f"version_{version}" / "metrics.csv", newline="") as f:
+        return [(int(r["step"]), float(r[key])) for r in csv.DictReader(f) if r.get(key)]
+
+
+@pytest.fixture(scope="module")
+def fitted(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    root = tmp_path_factory.mktemp("fit20")
+    cfg = write_config(root / "fit.yaml", shards, root, max_steps=20)
+    return run_cli(["fit", "--config", str(cfg)]), root
+
+
+def test_fit_loss_decreases(fitted: tuple[Any, Path]) -> None:
+    cli, root = fitted
+    assert cli.trainer.global_step == 20
+    losses = [v for _, v in logged(root, "train/loss")]
+    assert len(losses) == 20
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.9 * first, f"loss did not go down: first 5 {first:.3f}, last 5 {last:.3f}"
+    assert logged(root, "train/ot"), "full mode trains the OT head"
+    assert logged(root, "val/loss")
+
+
+def test_test_stage_reports_every_metric(fitted: tuple[Any, Path]) -> None:
+    cli, _ = fitted
+    cli.trainer.test(cli.model, cli.datamodule)
+    r = cli.model.test_results
+    assert r["num_samples"] == 9  # the whole test split
+    assert set(r["hardneg_acc"]) == {"type_swap", "role_swap", "arg_replace"} <= set(NEGATIVE_KINDS)
+    assert set(r["retrieval"]) == {f"{d}_hit@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    values = [*r["hardneg_acc"].values(), *r["retrieval"].values(), r["grounding_acc"]]
+    assert all(0.0 <= v <= 1.0 for v in values), r
+    assert r["retrieval"]["i2t_hit@10"] == 1.0  # 9 candidates: the match is always in the top 10
+
+
+def test_resume_from_last_checkpoint(shards: Path, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "fit.yaml", shards, tmp_path, max_steps=6, every=3)
+    first = run_cli(["fit", "--config", str(cfg)])
+    assert first.trainer.global_step == 6
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)  # no pickled objects in a checkpoint
+    assert ckpt["global_step"] == 6
+    assert ckpt["eventalign"]["version"] == align.__version__
+    stored = ckpt["eventalign"]["config"]
+    assert stored["model"]["weights"]["ot"] == 0.5 and stored["data"]["batch_size"] == 8
+    assert stored["trainer"]["max_steps"] == 6
+    assert ckpt["optimizer_states"] and ckpt["optimizer_states"][0]["state"], "optimizer moments are saved"
+    assert ckpt["lr_schedulers"]
+
+    resumed = run_cli(["fit", "--config", str(cfg), "--trainer.max_steps", "10", "--ckpt_path", "last"])
+    assert resumed.trainer.global_step == 10
+    steps = [s for s, _ in logged(tmp_path, "train/loss", version=1)]
+    assert steps == list(range(6, 10)), "the resumed run continues at step 6"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 10 and ckpt["eventalign"]["config"]["trainer"]["max_steps"] == 10
+    assert ckpt["eventalign"]["config"]["weights_only"] is True, "the resume loaded the checkpoint without pickle"
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_corrupt_samples_are_skipped_and_counted(shards: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    shard = data / "train-000000.tar"
+    shard.write_bytes((shards / "train-000000.tar").read_bytes())
+    with tarfile.open(shard) as tar:
+        record = next(json.loads(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".json"))
+        jpeg = next(tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".jpg"))
+    record["key"] = "zz-bad-image"
+    with tarfile.open(shard, "a") as tar:
+        _add_member(tar, "zz-bad-image.jpg", b"\xff\xd8\xff\xe0 this is not a JPEG")
+        _add_member(tar, "zz-bad-image.json", json.dumps(record).encode())
+        _add_member(tar, "zz-bad-json.jpg", jpeg)
+        _add_member(tar, "zz-bad-json.json", b'{"key": "zz-bad-json", "caption": ')
+    cfg = write_config(tmp_path / "fit.yaml", data, tmp_path, max_steps=4, every=100,
+                       trainer={"limit_val_batches": 0},
+                       data={"train": str(shard), "val": None, "test": None, "batch_size": 4,
+                             "samples_per_epoch": 16, "shuffle_buffer": 0})
+    cli = run_cli(["fit", "--config", str(cfg)])
+    assert cli.trainer.global_step == 4
+    # 4 batches of 4 read the 10-sample shard at least once: both bad samples were met
+    assert cli.datamodule.skipped["bad_image"] >= 1
+    assert cli.datamodule.skipped["bad_json"] >= 1
+
+
+def test_ddp_two_cpu_processes(shards: Path, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "fit.yaml", shards, tmp_path, max_steps=4, every=2)
+    cmd = [sys.executable, "-m", "align.cli", "fit", "--config", str(cfg), "--trainer.devices", "2",
+           "--trainer.strategy", "ddp"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 4
+    assert int(ckpt["eventalign"]["config"]["trainer"]["devices"]) == 2
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr, "the second rank joined"
+    assert logged(tmp_path, "val/loss"), "validation ran on both ranks"
+
+
+def test_progressive_chains_stage_weights_and_skips_finished(shards: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    base = yaml.safe_load(write_config(tmp_path / "base.yaml", shards, tmp_path / "runs", max_steps=3,
+                                       every=3).read_text())
+    base["stages"] = [
+        {"name": "types", "model": {"weights": {"hard_negatives": False, "ot": 0.0, "event_type": 1.0}}},
+        {"name": "event-ot", "trainer": {"max_steps": 2},
+         "model": {"weights": {"hard_negatives": True, "ot": 0.5, "event_type": 0.0}}},
+    ]
+    recipe = tmp_path / "progressive.yaml"
+    recipe.write_text(yaml.safe_dump(base))
+
+    loaded: list[tuple[str, dict[str, torch.Tensor]]] = []
+    load_init = EventAlignModule._load_init
+
+    def spy(self: EventAlignModule, path: str) -> None:
+        load_init(self, path)
+        loaded.append((path, {k: v.detach().clone() for k, v in self.state_dict().items()}))
+
+    monkeypatch.setattr(EventAlignModule, "_load_init", spy)
+    last1, last2 = progressive(str(recipe))
+    assert last1 == tmp_path / "runs" / "types" / "checkpoints" / "last.ckpt" and last2.is_file()
+    assert json.loads((last1.parent.parent / "done.json").read_text())["global_step"] == 3
+
+    # stage 2 was built from stage 1's final weights
+    assert [p for p, _ in loaded] == [str(last1)]
+    stage1 = torch.load(last1, map_location="cpu", weights_only=True)["state_dict"]
+    initial = loaded[0][1]
+    for name in ("model.clip.logit_scale", "image_type_head.weight", "model.clip.token_embedding.weight"):
+        assert torch.equal(initial[name], stage1[name]), name
+    stage2 = torch.load(last2, map_location="cpu", weights_only=True)
+    assert stage2["global_step"] == 2
+    assert stage2["hyper_parameters"]["init_from"] == str(last1)
+    assert stage2["hyper_parameters"]["weights"]["ot"] == 0.5
+    assert not torch.equal(stage2["state_dict"]["model.clip.token_embedding.weight"],
+                           stage1["model.clip.token_embedding.weight"]), "stage 2 trained"
+
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a finished stage was trained again")
+
+    monkeypatch.setattr(align.cli, "run_cli", no_training)
+    assert progressive(str(recipe)) == [last1, last2]
+
+
+def test_fit_help_documents_arguments() -> None:
+    proc = subprocess.run([sys.executable, "-m", "align.cli", "fit", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = " ".join(proc.stdout.split())  # undo argparse's line wrapping
+    assert "include the sample's K hard negatives as extra columns of the contrastive loss" in text
+    assert "Training shard pattern(s)" in text and "Hard negative kinds to sample from" in text
+    assert "--checkpoint.every_n_train_steps" in text and "--ckpt_path" in text
