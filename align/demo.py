@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from align.atomic import atomic_write_text
 from align.schema import NEGATIVE_KINDS
 from data_gen.cli import main as data_gen_main
-from data_gen.shards import MANIFEST, atomic_write_text
+from data_gen.shards import MANIFEST
 
 RETRIEVAL_KEYS = tuple(f"{d}_hit@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10))
 

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from align.atomic import atomic_open
 from align.ontology import Ontology
 from align.schema import Description, Event, SchemaError
 from data_gen.caption_edit import clause, norm
@@ -159,23 +158,16 @@ def run_describe(input_path: Path, output_path: Path, ontology: Ontology, config
             pool.add(e)
         stats["unmapped_events"] += dropped
         total += 1
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output_path.parent, prefix=f".tmp-{output_path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out, Progress(disable=not progress, transient=True) as bar:
-            task = bar.add_task("describe", total=total)
-            chunk: list[dict[str, Any]] = []
-            for record, events, _ in _read(input_path, ontology):
-                chunk.append(process_record(record, events, ontology, config, type_counts, pool, stats))
-                if len(chunk) == CHUNK:
-                    _flush(chunk, out, extra)
-                    bar.advance(task, CHUNK)
-            bar.advance(task, len(chunk))
-            _flush(chunk, out, extra)
-        os.replace(tmp, output_path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_open(output_path, "w") as out, Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("describe", total=total)
+        chunk: list[dict[str, Any]] = []
+        for record, events, _ in _read(input_path, ontology):
+            chunk.append(process_record(record, events, ontology, config, type_counts, pool, stats))
+            if len(chunk) == CHUNK:
+                _flush(chunk, out, extra)
+                bar.advance(task, CHUNK)
+        bar.advance(task, len(chunk))
+        _flush(chunk, out, extra)
     return stats
 
 

@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import openai
 
+from align.atomic import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 # USD per 1M (input, output) tokens; a model matches the longest key it starts with. Override per run.
@@ -156,20 +158,7 @@ class JsonCache:
 
     def put(self, key: str, record: dict[str, Any]) -> None:
         if self.root is not None:
-            atomic_write(self._path(key), json.dumps(record, ensure_ascii=False, sort_keys=True))
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            atomic_write_text(self._path(key), json.dumps(record, ensure_ascii=False, sort_keys=True))
 
 
 class LLMClient:
@@ -344,13 +333,13 @@ class LLMClient:
                 input_path = folder / f"{job}.input.jsonl"
                 lines = [{"custom_id": k, "method": "POST", "url": "/v1/chat/completions",
                           "body": self._body(requests[idx[0]])} for k, idx in todo.items()]
-                atomic_write(input_path, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+                atomic_write_text(input_path, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
                 with input_path.open("rb") as f:
                     uploaded = self._sync.files.create(file=f, purpose="batch")
                 created = self._sync.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                                     completion_window="24h")
                 state = {"batch_id": created.id, "input_file_id": uploaded.id}
-                atomic_write(state_path, json.dumps(state))
+                atomic_write_text(state_path, json.dumps(state))
                 log.info("LLM batch %s submitted with %d requests", created.id, len(lines))
             self.usage.requests += len(todo)
             batch = self._wait_batch(state["batch_id"])

@@ -24,11 +24,11 @@ import webdataset as wds
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from align import __version__
+from align.atomic import TMP_PREFIX, atomic_open, atomic_write_text
 from align.schema import IMAGE_EXT, RECORD_EXT, SCHEMA_VERSION, Sample
 
 MANIFEST = "manifest.json"
 SIZES = "sizes.json"
-TMP_PREFIX = ".tmp-"
 
 # Produces the sample of one index, or (None, reason) when the input must be skipped.
 SampleFn = Callable[[int], "Sample | tuple[None, str]"]
@@ -66,20 +66,6 @@ class ShardInfo:
     skipped: dict[str, int] = field(default_factory=dict)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -91,10 +77,9 @@ def sha256_file(path: Path) -> str:
 def write_shard(path: Path, samples: Iterable[Sample]) -> int:
     """Write samples to `path` atomically; returns the number written. Timestamps are fixed (mtime 0) so the
     same samples give the same bytes."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
     n = 0
     try:
-        with open(tmp, "wb") as f:
+        with atomic_open(path, "wb") as f:
             sink = wds.TarWriter(f, mtime=0.0, encoder=False)
             try:
                 for s in samples:
@@ -104,15 +89,8 @@ def write_shard(path: Path, samples: Iterable[Sample]) -> int:
                     n += 1
             finally:
                 sink.close()
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise ShardError(f"cannot write shard {path}: {e.strerror or e}") from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return n
 
 

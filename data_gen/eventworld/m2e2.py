@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from align.atomic import atomic_write_text
 from align.ontology import Ontology
 from align.schema import Sample
 
@@ -73,15 +72,7 @@ def write_m2e2_gold(samples: Iterable[Sample], path: str | Path) -> Path:
             raise ValueError(f"{path}: duplicate image id {s.key!r}")
         gold[s.key] = entry
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(gold, f, indent=1, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(gold, indent=1, ensure_ascii=False))
     return path
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from align.atomic import atomic_open
 from align.schema import Sample
 
 
@@ -62,13 +61,6 @@ def preview_grid(samples: Sequence[Sample], path: str | Path, cols: int = 4, *, 
         for j, line in enumerate(lines):
             draw.text((x, y + cell + 4 + j * line_h), line, fill=(0, 0, 0) if j else (30, 60, 160), font=font)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
-    try:
-        grid.save(tmp, "PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        grid.save(f, "PNG")
     return path
