@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from align import __version__
+from align.atomic import atomic_write_text
 from align.data import EventDataModule
 from align.module import EventAlignModule
 
@@ -135,7 +136,8 @@ def progressive(config_path: str) -> list[Path]:
             cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(last) if last.exists() else None,
                             weights_only=True)
             cli.trainer.save_checkpoint(last)
-            done.write_text(json.dumps({"stage": name, "global_step": cli.trainer.global_step}) + "\n")
+            if cli.trainer.is_global_zero:
+                atomic_write_text(done, json.dumps({"stage": name, "global_step": cli.trainer.global_step}) + "\n")
         finished.append(last)
     return finished
 
