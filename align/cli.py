@@ -2,6 +2,7 @@
 
     align fit|validate|test|predict --config configs/X.yaml [--ckpt_path last]   (LightningCLI)
     align progressive --config configs/progressive.yaml                          (stage-wise recipe)
+    align export | index | ground | predict-mee | eval-mee ...                    (using a trained checkpoint)
 
 Every checkpoint carries the resolved config and the library version; `last.ckpt` and the best (by
 `val/loss`) are written every `checkpoint.every_n_train_steps` steps, so `--ckpt_path last` resumes
@@ -11,6 +12,7 @@ the global step, optimizer and scheduler after a crash.
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -21,9 +23,10 @@ import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from align import __version__
-from align.atomic import atomic_write_text
+from align.atomic import atomic_open, atomic_write_text
 from align.data import EventDataModule
 from align.module import EventAlignModule
 
@@ -50,6 +53,15 @@ class SaveFinalStep(Callback):
         step, ckpt = trainer.global_step, self.checkpoint
         if step == trainer.max_steps and ckpt.dirpath and (not self.every or step % self.every):
             trainer.save_checkpoint(Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file beside the target and renamed: a crash or `kill -9` during a save
+    leaves the previous `last.ckpt` whole (Lightning's own writer truncates the target first)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        with atomic_open(path, "wb") as f:
+            torch.save(checkpoint, f)
 
 
 class AlignCLI(LightningCLI):
@@ -81,6 +93,8 @@ class AlignCLI(LightningCLI):
         sub = self.config.get(self.subcommand) if self.subcommand else self.config
         resolved = yaml.safe_load(self._parser(self.subcommand).dump(sub, skip_check=True))
         self.trainer.callbacks.append(StoreConfig(resolved))
+        if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a user's own plugin is kept
+            self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         ckpt = self.trainer.checkpoint_callback
         if isinstance(ckpt, ModelCheckpoint) and ckpt.save_last:
             self.trainer.callbacks.append(SaveFinalStep(ckpt, sub["checkpoint"].get("every_n_train_steps")))
@@ -142,14 +156,28 @@ def progressive(config_path: str) -> list[Path]:
     return finished
 
 
+# commands that use a trained checkpoint: name -> (module, function taking argv and returning an exit code)
+TOOLS = {
+    "export": ("align.export", "main"),
+    "index": ("align.index", "main"),
+    "ground": ("align.ground", "main"),
+    "predict-mee": ("align.mee", "predict_main"),
+    "eval-mee": ("align.mee", "eval_main"),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
+    from_shell = argv is None
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] and argv[0] in TOOLS:
+        module, func = TOOLS[argv[0]]
+        raise SystemExit(getattr(importlib.import_module(module), func)(argv[1:]))
     if argv[:1] == ["progressive"]:
         if len(argv) != 3 or argv[1] != "--config":
             raise SystemExit("usage: align progressive --config CONFIG.yaml")
         progressive(argv[2])
         return
-    run_cli(argv)
+    run_cli(None if from_shell else argv)  # LightningCLI warns when given the shell's own arguments
 
 
 if __name__ == "__main__":

@@ -271,12 +271,18 @@ class BuildSamples:
 
     def _events(self, items: Sequence[SourceItem], captions: list[str],
                 ontology: Ontology) -> list[list[Event] | Skip]:
-        """Ontology-typed events per caption, in one batch; Skip("bad_events") for unreadable record events."""
+        """Ontology-typed events per caption, in one batch; Skip("bad_events") for unreadable record events,
+        Skip("llm_failed") where the LLM gave no valid answer (retries used up, or not JSON of the schema): an
+        empty event list would claim the caption has no event."""
         if self.record_events:
             raw: list[list[Event] | Skip] = [_record_events(item) for item in items]
         else:
             extractor = _extractor(self.extractor, self.extractor_options)
-            if getattr(extractor, "uses_ids", False):
+            if self.extractor == "llm":
+                answers = extractor.client.chat_json([extractor.request(c) for c in captions])  # type: ignore[attr-defined]
+                raw = [Skip("llm_failed", it.id) if a is None else extractor.to_events(c, a["events"])  # type: ignore[attr-defined]
+                       for it, c, a in zip(items, captions, answers)]
+            elif getattr(extractor, "uses_ids", False):
                 raw = list(extractor.extract(captions, ids=[it.id for it in items]))  # type: ignore[call-arg]
             else:
                 raw = list(extractor.extract(captions))

@@ -4,7 +4,10 @@ Samples are addressed by a stable index, and shard `i` of a split holds the samp
 `[i * per_shard, (i + 1) * per_shard)` of that split. So a re-run of the same command knows which
 shards exist, rebuilds only the missing ones and can never duplicate or drop a key. Each shard is
 written to a hidden temporary file and renamed into place when complete; `manifest.json` and
-`sizes.json` are rewritten (also atomically) after every finished shard.
+`sizes.json` are rewritten (also atomically) after every finished shard. The manifest's skip counts are the
+sum of its shards' counts, so a shard that is rebuilt (deleted, or lost in a crash) is never counted twice.
+Sample keys must be plain names (no `/`, `\\` or `.`), so no tar member can point outside the folder it is
+extracted into.
 """
 
 from __future__ import annotations
@@ -74,6 +77,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _unsafe_key(key: str) -> bool:
+    """A key that would make a member name with a path in it (`../x.jpg`, `/etc/x.jpg`) or split wrongly."""
+    return not key or any(c in key for c in "/\\.\0")
+
+
 def write_shard(path: Path, samples: Iterable[Sample]) -> int:
     """Write samples to `path` atomically; returns the number written. Timestamps are fixed (mtime 0) so the
     same samples give the same bytes."""
@@ -85,6 +93,9 @@ def write_shard(path: Path, samples: Iterable[Sample]) -> int:
                 for s in samples:
                     if s.image is None:
                         raise ShardError(f"{path.name}: sample {s.key!r} has no image bytes")
+                    if _unsafe_key(s.key):
+                        raise ShardError(f"{path.name}: sample key {s.key!r} is not a plain name (no '/', '\\', "
+                                         "'.' or NUL allowed)")
                     sink.write({"__key__": s.key, IMAGE_EXT: s.image, RECORD_EXT: s.to_json().encode("utf-8")})
                     n += 1
             finally:
@@ -125,8 +136,15 @@ class ShardSet:
         self.out = Path(out_dir)
         self.config = json.loads(json.dumps(config))  # normalise (tuples -> lists) for comparison
         self.shards: dict[str, ShardInfo] = {}
-        self.skipped: Counter[str] = Counter()
         self._open()
+
+    @property
+    def skipped(self) -> Counter[str]:
+        """Skipped inputs per reason over the shards that exist."""
+        total: Counter[str] = Counter()
+        for s in self.shards.values():
+            total.update(s.skipped)
+        return total
 
     def _open(self) -> None:
         try:
@@ -152,26 +170,29 @@ class ShardSet:
                 )
             for s in data.get("shards", []):
                 self.shards[s["name"]] = ShardInfo(**s)
-            self.skipped.update(data.get("skipped", {}))
         elif any(p.name != "README.md" for p in self.out.iterdir()):
             raise ShardError(f"{self.out} is not empty and has no {MANIFEST}: refusing to write shards into it")
 
-    def is_done(self, name: str) -> bool:
+    def is_done(self, name: str, expected: int | None = None) -> bool:
         """A shard is done when its file exists; one renamed in place but missing from the manifest (crash between
-        rename and manifest update) is verified and adopted."""
+        rename and manifest update) is verified and adopted when it holds all `expected` inputs. One with fewer
+        had skips whose reasons only the manifest knew: it is deleted and rebuilt (same bytes), so they are
+        counted again."""
         path = self.out / name
         if not path.exists():
             self.shards.pop(name, None)
             return False
         if name not in self.shards:
-            split = name.rsplit("-", 1)[0]
-            self.shards[name] = ShardInfo(name, split, count_tar_samples(path), sha256_file(path))
+            n = count_tar_samples(path)
+            if expected is not None and n != expected:
+                path.unlink()
+                return False
+            self.shards[name] = ShardInfo(name, name.rsplit("-", 1)[0], n, sha256_file(path))
             self.save()
         return True
 
     def record(self, info: ShardInfo) -> None:
         self.shards[info.name] = info
-        self.skipped.update(info.skipped)
         self.save()
 
     def save(self) -> None:
@@ -191,7 +212,8 @@ class ShardSet:
     def write(self, plans: Sequence[ShardPlan], make_sample: SampleFn, workers: int = 1,
               progress: bool = True) -> None:
         """Build every missing shard of the plans, `workers` shards at a time in separate processes."""
-        todo = [(p, i) for p in plans for i in range(p.num_shards) if not self.is_done(p.name(i))]
+        todo = [(p, i) for p in plans for i in range(p.num_shards)
+                if not self.is_done(p.name(i), len(p.shard_indices(i)))]
         total = sum(len(p.shard_indices(i)) for p, i in todo)
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TimeRemainingColumn())

@@ -5,7 +5,7 @@ index of an item never changes between runs and shards can be addressed by index
 Listing is cheap: images, sidecar captions and tar members are referenced, not read; `SourceItem.load_image`
 and `SourceItem.load_caption` read them when a shard is built. Per-item problems (a bad JSONL line, a
 missing image, a caption that is not UTF-8) raise `Skip` with a short reason that the manifest counts;
-problems with the input as a whole (no such folder, a compressed tar) raise `SourceError`.
+problems with the input as a whole (no such folder, a compressed or truncated tar) raise `SourceError`.
 
 Layouts:
 - `folder`: images (jpg/jpeg/png/webp, recursive, hidden files ignored) with the caption in a sidecar
@@ -271,8 +271,18 @@ def iter_wds(spec: Path) -> Iterator[SourceItem]:
                         continue
                     key = f"{folder}/{stem}" if folder else stem
                     groups.setdefault(key, {})[ext.lower()] = TarMember(path, m.name, m.offset_data, m.size)
+                end = tar.offset
+            with open(path, "rb") as f:
+                f.seek(end)
+                complete = f.read(tarfile.BLOCKSIZE) == bytes(tarfile.BLOCKSIZE)
         except (tarfile.TarError, OSError, EOFError) as e:
+            if "unexpected end of data" in str(e):
+                raise SourceError(f"{path}: truncated tar (the file ends inside a member); re-download it or "
+                                  "remove it from the input") from e
             raise SourceError(f"{path}: not a readable uncompressed tar ({e})") from e
+        if not complete:  # cut at a member boundary: tarfile stops quietly, the end-of-archive blocks are missing
+            raise SourceError(f"{path}: truncated tar (no end-of-archive marker after byte {end}); re-download it "
+                              "or remove it from the input")
         for key, members in groups.items():
             image = next((members[s[1:]] for s in IMAGE_SUFFIXES if s[1:] in members), None)
             yield SourceItem(key, image, members.get("txt"), {"tar": path.name}, members.get("json"))
@@ -292,12 +302,25 @@ def iter_source(kind: str, path: Path, images: Path | None = None) -> Iterator[S
     raise SourceError(f"unknown source {kind!r}; choose one of {list(SOURCES)}")
 
 
+def _utf8(value: Any) -> bool:
+    """False when text read with surrogateescape (file names, table cells) held bytes that are not UTF-8."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def list_items(kind: str, path: Path, images: Path | None = None) -> list[SourceItem]:
-    """All items of an input; a repeated id keeps its first item, later ones are marked `duplicate_id`."""
+    """All items of an input; a repeated id keeps its first item, later ones are marked `duplicate_id`; an id
+    or an extra field (url, events, file name) that is not UTF-8 marks the item `not_utf8` (the caption has its
+    own check, `caption_not_utf8`, when it is read)."""
     seen: set[str] = set()
     items = []
     for item in iter_source(kind, path, images):
-        if item.problem is None and item.id in seen:
+        if item.problem is None and not _utf8([item.id, item.extra]):
+            item = dataclasses.replace(item, problem="not_utf8")
+        elif item.problem is None and item.id in seen:
             item = dataclasses.replace(item, problem="duplicate_id")
         seen.add(item.id)
         items.append(item)
