@@ -58,7 +58,8 @@ class EventType:
     def render(self, fillers: dict[str, str | list[str]], style: str = "long") -> str:
         """Fill the long or short template; optional `[...]` parts vanish when their role is empty."""
         template = self.long_template if style == "long" else self.short_template
-        values = {r: _join(v) for r, v in fillers.items() if v}
+        values = {r: _join([lower_article(x) for x in ([v] if isinstance(v, str) else v)])
+                  for r, v in fillers.items() if v}
 
         def optional(m: re.Match[str]) -> str:
             slots = _SLOT.findall(m.group(1))
@@ -72,6 +73,15 @@ class EventType:
     def is_symmetric(self, role_a: str, role_b: str) -> bool:
         """True when swapping fillers of these two roles (or within one role) keeps the meaning."""
         return any(role_a in g and role_b in g for g in self.symmetric)
+
+
+_ARTICLE = re.compile(r"^(A|An|The)(?= [a-z])|^(A|An)(?= )")
+
+
+def lower_article(text: str) -> str:
+    """A filler taken from the start of a caption ("A soldier") reads "a soldier" inside a sentence; "The"
+    stays before a capitalised word, which may be a name ("The Hague")."""
+    return _ARTICLE.sub(lambda m: m.group(0).lower(), text)
 
 
 def _join(value: str | list[str]) -> str:
@@ -94,6 +104,7 @@ class Ontology:
     types: dict[str, EventType]
     aliases: dict[str, Alias] = field(default_factory=dict)
     source: str = "<memory>"
+    entity_kinds: dict[str, str] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -133,7 +144,10 @@ class Ontology:
             for c in t.confusable:
                 if c not in types:
                     raise OntologyError(f"{source}: type '{t.name}' lists unknown confusable type '{c}'")
-        return cls(types, aliases, source)
+        kinds = data.get("entity_kinds") or {}
+        if not isinstance(kinds, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in kinds.items()):
+            raise OntologyError(f"{source}: 'entity_kinds' must map entity types to coarse kinds (strings)")
+        return cls(types, aliases, source, dict(kinds))
 
     # ------------------------------------------------------------------ queries
     def __getitem__(self, name: str) -> EventType:
@@ -148,6 +162,14 @@ class Ontology:
     @property
     def type_names(self) -> tuple[str, ...]:
         return tuple(self.types)
+
+    def fits(self, event_type: str, role: str, entity_type: str | None) -> bool:
+        """Whether an entity of `entity_type` can fill `role`: listed for the role itself or through its coarse
+        kind (`entity_kinds`: a police officer is a PER), or unknown (no type, or a role that lists none)."""
+        allowed = self[event_type].roles[role].entity_types
+        if not entity_type or not allowed:
+            return True
+        return entity_type in allowed or self.entity_kinds.get(entity_type) in allowed
 
     def check_event(self, event: Event, key: str | None = None, path: str = "event") -> None:
         """Raise SchemaError when the event's type or a role is not in this ontology."""

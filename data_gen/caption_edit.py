@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from align.ontology import lower_article
 from align.schema import Argument, Event
 
 Span = tuple[int, int]
@@ -140,11 +141,16 @@ def clause(caption: str, event: Event) -> Clause | None:
 
 
 def replace_spans(text: str, edits: Sequence[tuple[Span, str]]) -> str:
-    """Apply non-overlapping (span, new text) edits, then fix "a"/"an" before each edited word."""
+    """Apply non-overlapping (span, new text) edits, then fix "a"/"an" before each edited word and the case of a
+    phrase that moves to or from the start of the sentence ("a protester handcuffs a soldier", not "... A soldier")."""
     out, last = [], 0
     for (start, end), new in sorted(edits, key=lambda e: e[0][0]):
         if start < last:
             raise ValueError(f"overlapping edits at {start} in {text!r}")
+        if start == 0 and text[:1].isupper():
+            new = new[:1].upper() + new[1:]
+        elif start > 0:
+            new = lower_article(new)
         head = text[last:start]
         art = re.search(r"\b(an?)(\s+)$", head, re.IGNORECASE)
         if art and new:

@@ -129,6 +129,16 @@ class _Maker:
         self.type, self.pool, self.clause = ontology[event.type], entity_pool, cl
         self.args = [a for a in event.arguments if a.role in self.type.roles]
 
+    def _fits(self, arg: Argument, role: str) -> bool:
+        """`arg` can fill `role` by its entity type; an untyped argument fits roles that share entity types
+        with its own role (never a person into a place-only role)."""
+        if arg.entity_type:
+            return self.ontology.fits(self.type.name, role, arg.entity_type)
+        roles = self.type.roles
+        if not roles[arg.role].entity_types or not roles[role].entity_types:  # an ontology without entity types
+            return True
+        return role_similarity(self.type, arg.role, self.type, role) > 0
+
     def render(self, t: EventType, pairs: Iterable[tuple[str, str]]) -> str:
         return t.render(fillers(pairs), style="long")
 
@@ -172,8 +182,11 @@ class _Maker:
     # ------------------------------------------------------------------ role swap
     def role_swap(self) -> Iterator[Candidate]:
         t = self.type
+        # each filler must be able to fill the other's role: "a bus attacked the troops" or "the desert arrested
+        # a policeman" are wrong without looking at the image, which is not what a role swap should test
         pairs = [(a, b) for i, a in enumerate(self.args) for b in self.args[i + 1:]
-                 if a.role != b.role and not t.is_symmetric(a.role, b.role) and norm(a.text) != norm(b.text)]
+                 if a.role != b.role and not t.is_symmetric(a.role, b.role) and norm(a.text) != norm(b.text)
+                 and self._fits(a, b.role) and self._fits(b, a.role)]
         # Roles that take the same kinds of entity first (attacker <-> target, not target <-> place): the
         # result stays plausible, so only the roles tell it apart. The sort is stable, so ties stay shuffled.
         self.rng.shuffle(pairs)
@@ -192,7 +205,8 @@ class _Maker:
         if len(self.args) != 1 or self.clause is not None:
             return
         # A single argument moves to another role of the type, core and alike roles first.
-        moves = [(a, r) for a in self.args for r in t.role_names if r != a.role and not t.is_symmetric(a.role, r)]
+        moves = [(a, r) for a in self.args for r in t.role_names
+                 if r != a.role and not t.is_symmetric(a.role, r) and self._fits(a, r)]
         self.rng.shuffle(moves)
         moves.sort(key=lambda m: (m[1] not in _core_roles(t.long_template), -role_similarity(t, m[0].role, t, m[1])))
         for a, r in moves:

@@ -87,9 +87,27 @@ def test_role_swap_template_prefers_alike_roles() -> None:
     assert n.changed["roles"] == {"Soldiers": ["Attacker", "Target"], "protesters": ["Target", "Attacker"]}
 
 
+def test_role_swap_only_between_fillers_that_fit_both_roles() -> None:
+    """A swap the text alone gives away ("a bus attacked the troops", "the desert arrested ...") is not made."""
+    event = Event("Conflict.Attack", Trigger("attacked"), [
+        Argument("Attacker", "A soldier", "soldier"), Argument("Target", "a bus", "vehicle"),
+        Argument("Instrument", "rifles", "weapon"), Argument("Place", "the desert", "place")])
+    assert negs(event, role_swap=3) == []
+    arrest = Event("Justice.Arrest-Jail", Trigger("arrested"), [
+        Argument("Agent", "A policeman", "police"), Argument("Person", "an official", "official"),
+        Argument("Place", "the desert", "place")])
+    (n,) = negs(arrest, role_swap=3)  # both are people (PER), so only they swap
+    assert n.text == "An official arrested a policeman in the desert"
+    assert n.changed["roles"] == {"A policeman": ["Agent", "Person"], "an official": ["Person", "Agent"]}
+
+
 def test_role_swap_caption_edit_swaps_spans() -> None:
     (n,) = negs(ATTACK, ATTACK_CAPTION, mode="caption_edit", role_swap=1)
-    assert n.text == "protesters attacked the Soldiers with tear gas in Cairo"
+    assert n.text == "Protesters attacked the Soldiers with tear gas in Cairo"
+    caption = "A soldier handcuffs a protester at a market ."
+    event = span_event(caption, "Justice.Arrest-Jail", "handcuffs", [("Agent", "A soldier"), ("Person", "a protester")])
+    (n,) = negs(event, caption, mode="caption_edit", role_swap=1)
+    assert n.text.startswith("A protester handcuffs a soldier at a market")  # no "... handcuffs A soldier" cue
 
 
 def test_single_argument_moves_to_another_role_in_template_mode_only() -> None:
