@@ -183,6 +183,7 @@ def test_m2e2_round_trip(samples: list[Sample], tmp_path) -> None:
             union = e.argument(role).box if role != "Participant" else None
             for x1, y1, x2, y2 in boxes:
                 assert 0 <= x1 < x2 <= s.width and 0 <= y1 < y2 <= s.height
+            assert len({tuple(b) for b in boxes}) == len(boxes), f"{s.key} {role}: a box is listed twice"
             if union is not None:
                 assert min(b[0] for b in boxes) <= union[0] + 1 and max(b[2] for b in boxes) >= union[2] - 1
     raw = (tmp_path / "gold.json").read_text()

@@ -18,8 +18,9 @@ from align.inference import (
     scale_boxes,
     type_prompts,
 )
-from tests.tiny_run import tiny_ckpt, tiny_shards  # noqa: F401
+from tests import tiny_run
 
+tiny_shards, tiny_ckpt = tiny_run.tiny_shards, tiny_run.tiny_ckpt
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
 
 
