@@ -32,6 +32,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/perf_eventworld.py
 	$(BIN)/python benchmarks/perf_ot.py
 	$(BIN)/python benchmarks/perf_describe.py
+	$(BIN)/python benchmarks/perf_index.py
+	$(BIN)/python benchmarks/perf_train.py
+	$(BIN)/python benchmarks/perf_loader.py
 
 clean:
 	rm -rf runs $(DEMO_SHARDS) .pytest_cache .ruff_cache

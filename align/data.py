@@ -54,7 +54,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from align.batch import SampleEncoder, Skip, Tokenizer, collate, make_seed
+from align.batch import CachedTokenizer, SampleEncoder, Skip, Tokenizer, collate, make_seed
 from align.ontology import Ontology
 from align.schema import DESCRIPTION_KINDS, NEGATIVE_KINDS
 
@@ -400,8 +400,9 @@ class EventDataModule(L.LightningDataModule):
             seed=h.seed, max_image_pixels=h.max_image_pixels, negative_modes=h.negative_modes)
         sizes = {"P": len(h.positive_kinds), "K": h.num_negatives, "R": h.max_regions, "N": h.max_arguments,
                  "Kn": h.num_arg_negatives}
+        tokenizer = CachedTokenizer(self._get_tokenizer())  # per worker: texts recur across samples and epochs
         stream = ShardStream(
-            sources, weights, encoder, self._get_tokenizer(), h.batch_size, sizes, train=train, resampled=resampled,
+            sources, weights, encoder, tokenizer, h.batch_size, sizes, train=train, resampled=resampled,
             shuffle_buffer=h.shuffle_buffer, seed=h.seed, rank=rank, world_size=world, num_workers=h.num_workers,
             batches_per_rank=per_rank, shard_counts=counts)
         return _Loader(stream, h.num_workers, self._epoch_of, self._record_skipped)
