@@ -49,7 +49,7 @@ setup(
     ],
     extras_require={
         "bench": ["matplotlib>=3.7"],  # plots of benchmarks/evaluate.py
-        "dev": ["pytest", "pytest-timeout", "ruff", "hypothesis", "pot", "matplotlib>=3.7", "pandas"],  # pandas: open_clip_train (the perf_train peer),
+        "dev": ["pytest", "pytest-timeout", "ruff", "hypothesis", "pot", "matplotlib>=3.7", "pandas"],  # pandas: open_clip_train, the perf_train peer
     },
     entry_points={
         "console_scripts": [
