@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_SHARDS := shards/eventworld
 
-.PHONY: venv demo test test-all lint bench clean
+.PHONY: venv demo test test-all lint bench bench-quality clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/perf_index.py
 	$(BIN)/python benchmarks/perf_train.py
 	$(BIN)/python benchmarks/perf_loader.py
+
+bench-quality: $(STAMP)
+	$(BIN)/python benchmarks/quality.py
 
 clean:
 	rm -rf runs $(DEMO_SHARDS) .pytest_cache .ruff_cache

@@ -9,10 +9,13 @@ Writes `OUT/report.json` ({"models": {name: {"hardneg_acc": {kind: acc}, "retrie
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from align.atomic import atomic_write_text
 from align.schema import NEGATIVE_KINDS
@@ -41,6 +44,9 @@ def train_and_test(config: Path, shards: Path, out: Path, max_steps: int | None)
     args = ["--config", str(config), "--trainer.default_root_dir", str(out),
             "--data.train", str(shards / "train-*.tar"),
             "--data.val", str(shards / "val-*.tar"), "--data.test", str(shards / "test-*.tar")]
+    loggers = _loggers_in(config, out)
+    if loggers is not None:
+        args += ["--trainer.logger", json.dumps(loggers)]
     if max_steps is not None:
         args += ["--trainer.max_steps", str(max_steps)]
     cli = run_cli(args, run=False)
@@ -53,6 +59,20 @@ def train_and_test(config: Path, shards: Path, out: Path, max_steps: int | None)
     results["train_seconds"] = round(train_s, 1)
     results["global_step"] = cli.trainer.global_step
     return results
+
+
+def _loggers_in(config: Path, out: Path) -> list[dict[str, Any]] | None:
+    """The config's loggers with every `save_dir` moved to `out`, so logs land beside the run's checkpoints (a config
+    names its own run folder, which a second run of it in another folder must not write into)."""
+    cfg = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    loggers = (cfg.get("trainer") or {}).get("logger")
+    if not isinstance(loggers, list) or not all(isinstance(lg, dict) for lg in loggers):
+        return None
+    moved = copy.deepcopy(loggers)
+    for lg in moved:
+        if isinstance(lg.get("init_args"), dict) and "save_dir" in lg["init_args"]:
+            lg["init_args"]["save_dir"] = str(out)
+    return moved
 
 
 def report_markdown(models: dict[str, dict[str, Any]]) -> str:

@@ -17,6 +17,9 @@ Variants (per row; `eps` is the label smoothing, spread uniformly over the row's
 - `kl`: KL(q || softmax) with q = (1 - eps) * uniform(positives) + eps * uniform(valid columns).
 - `bce`: SigLIP sigmoid loss, sum over the row's valid columns of BCE(scale * sim + bias, y), y = 1 for the
   image's positives and 0 otherwise (smoothed to 1 - eps/2 and eps/2); `bias` is learnable or fixed.
+
+`ot_contrastive_loss` is the fine-grained counterpart: InfoNCE over OT distances between every sample's argument
+set and every (gathered) image's region set, with the same gather-with-gradient and normalisation.
 """
 
 from __future__ import annotations
@@ -30,13 +33,21 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from align.ot import GradMode, Method, pairwise_ot_distance
+
 Variant = Literal["ce", "bce", "kl"]
 MultiPositive = Literal["logsumexp", "primary"]
 
 
 @dataclass
 class ContrastiveLossConfig:
-    """Options of `ContrastiveLoss`; see the module docstring for what each variant computes."""
+    """Options of `ContrastiveLoss`; see the module docstring for what each variant computes.
+
+    Attributes:
+        hard_negative_weight: each hard-negative column counts as this many negatives (ce / kl: log of it added to
+            its logit; bce: its term multiplied by it); 1 = a plain column. Up-weights the confusable texts
+            (role swaps, type swaps) against the easy in-batch captions.
+    """
 
     variant: Variant = "ce"
     label_smoothing: float = 0.0
@@ -46,8 +57,11 @@ class ContrastiveLossConfig:
     symmetric: bool = True  # total = (i2t + t2i) / 2; False: i2t only
     bias_init: float = -10.0  # bce only, SigLIP's init
     learn_bias: bool = True  # bce only
+    hard_negative_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.hard_negative_weight > 0:
+            raise ValueError(f"ContrastiveLossConfig.hard_negative_weight must be > 0, got {self.hard_negative_weight}")
         if self.variant not in ("ce", "bce", "kl"):
             raise ValueError(f"ContrastiveLossConfig.variant must be 'ce', 'bce' or 'kl', got {self.variant!r}")
         if self.multi_positive not in ("logsumexp", "primary"):
@@ -184,13 +198,14 @@ class ContrastiveLoss(nn.Module):
         else:  # fixed bias for bce; None (unused) for ce and kl
             self.register_buffer("bias", bias if self.config.variant == "bce" else None)
 
-    def _row_loss(self, logits: Tensor, valid: Tensor, target: Tensor) -> Tensor:
-        """Per-row loss; `valid` marks the row's columns, `target` (a subset of valid) its positives."""
+    def _row_loss(self, logits: Tensor, valid: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Per-row loss; `valid` marks the row's columns, `target` (a subset of valid) its positives; `weight`
+        (bce only) scales each column's term."""
         eps = self.config.label_smoothing
         if self.config.variant == "bce":
             y = target.to(logits.dtype) * (1.0 - eps) + eps / 2
             bce = F.binary_cross_entropy_with_logits(logits + self.bias, y, reduction="none")
-            return torch.where(valid, bce, 0.0).sum(dim=1)
+            return torch.where(valid, bce if weight is None else bce * weight, 0.0).sum(dim=1)
         logp = torch.where(valid, torch.log_softmax(logits.masked_fill(~valid, -math.inf), dim=1), 0.0)
         n_valid = valid.sum(dim=1)
         if self.config.variant == "ce":
@@ -238,10 +253,18 @@ class ContrastiveLoss(nn.Module):
         else:
             sims.append(torch.einsum("bd,bkd->bk", image, negatives))
             neg_valid = negative_mask
+        n_pos = sims[0].shape[1]
         logits = scale * torch.cat(sims, dim=1)
         valid = torch.cat([valid, neg_valid], dim=1)
         target = torch.cat([target, torch.zeros_like(neg_valid)], dim=1)
-        i2t = self._row_loss(logits, valid, target).sum() / (n_global / g.world_size)
+        weight = None
+        if cfg.hard_negative_weight != 1.0:
+            is_neg = torch.arange(logits.shape[1], device=logits.device) >= n_pos
+            if cfg.variant == "bce":
+                weight = torch.where(is_neg, cfg.hard_negative_weight, 1.0).to(logits.dtype)
+            else:
+                logits = logits + is_neg.to(logits.dtype) * math.log(cfg.hard_negative_weight)
+        i2t = self._row_loss(logits, valid, target, weight).sum() / (n_global / g.world_size)
 
         # text -> image: each local positive against every gathered image.
         text_owner = positive_mask.nonzero()[:, 0] + g.offset
@@ -269,3 +292,60 @@ def hard_negative_correct(image: Tensor, positives: Tensor, positive_mask: Tenso
     pos_sim = (image * primary).sum(dim=-1)
     neg_sim = torch.einsum("bd,bkd->bk", image, negatives)
     return (pos_sim[:, None] > neg_sim) & negative_mask
+
+
+def _gather_sets(emb: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, int]:
+    """All-gather padded sets (B, N, D) with gradient and their (B, N) masks; ranks may differ in B and N.
+
+    Returns the gathered sets, their masks and the global index of this rank's first row.
+    """
+    sizes = _gather_nograd(torch.tensor([list(mask.shape)], device=emb.device)).tolist()
+    b_max, n_max = (max(s[i] for s in sizes) for i in range(2))
+    keep = torch.cat([torch.arange(b, device=emb.device) + r * b_max for r, (b, _) in enumerate(sizes)])
+    g_emb = _GatherWithGrad.apply(_pad(emb, (b_max, n_max)))[keep]
+    g_mask = _gather_nograd(_pad(mask, (b_max, n_max)).to(torch.uint8)).bool()[keep]
+    return g_emb, g_mask, sum(s[0] for s in sizes[:dist.get_rank()])
+
+
+def ot_contrastive_loss(arg_emb: Tensor, arg_mask: Tensor, region_emb: Tensor, region_mask: Tensor, *,
+                        temperature: float = 0.05, gather: bool = True, eps: float = 0.1, n_iters: int = 50,
+                        reg_m: float | None = None, method: Method = "sinkhorn_stabilized",
+                        grad: GradMode = "envelope") -> Tensor:
+    """Weakly supervised fine-grained contrast: a sample's arguments are OT-closer to its own image's regions than
+    to any other image's in the batch, and an image's regions closer to its own arguments than to other samples'.
+
+    arg_emb (B, N, D) / region_emb (B, M, D) with bool masks (B, N) / (B, M). D[i, j] = OT distance of sample i's
+    arguments to image j's regions (`pairwise_ot_distance`); logits -D / temperature; InfoNCE on the diagonal,
+    arguments->image and image->arguments averaged. Only captions supervise it (no gold boxes): unlike the plain
+    distance it cannot be lowered by collapsing every embedding onto one point. Samples without arguments or regions
+    are neither rows nor targets (an image without regions is no candidate; one without arguments still is).
+    Under DDP the sets are all-gathered with gradient and the loss is normalised as in `ContrastiveLoss` (the mean
+    over ranks equals the single-process loss on the full batch). 0 (with a graph) when no sample qualifies.
+    """
+    if temperature <= 0:
+        raise ValueError(f"ot_contrastive_loss: temperature must be > 0, got {temperature}")
+    arg_mask, region_mask = arg_mask.bool(), region_mask.bool()
+    arg_emb, region_emb = _at_least_fp32(arg_emb), _at_least_fp32(region_emb)
+    solver = {"eps": eps, "n_iters": n_iters, "reg_m": reg_m, "method": method, "grad": grad}
+    if gather and _distributed():
+        g_args, g_arg_mask, offset = _gather_sets(arg_emb, arg_mask)
+        g_regions, g_region_mask, _ = _gather_sets(region_emb, region_mask)
+        world = dist.get_world_size()
+        d_ar = pairwise_ot_distance(arg_emb, arg_mask, g_regions, g_region_mask, **solver)
+        d_ra = pairwise_ot_distance(g_args, g_arg_mask, region_emb, region_mask, **solver).T
+    else:
+        g_arg_mask, g_region_mask, offset, world = arg_mask, region_mask, 0, 1
+        d_ar = pairwise_ot_distance(arg_emb, arg_mask, region_emb, region_mask, **solver)
+        d_ra = d_ar.T
+    rows = torch.arange(arg_emb.shape[0], device=arg_emb.device)
+    own = rows + offset
+
+    def nce(dist_: Tensor, candidates: Tensor) -> Tensor:
+        # finite fill, not -inf: a row with no candidate stays finite and so do its (unused) gradients
+        logits = (-dist_ / temperature).masked_fill(~candidates[None], -1e4)
+        return -torch.log_softmax(logits, dim=1)[rows, own]
+
+    valid = arg_mask.any(1) & region_mask.any(1)
+    per_row = (nce(d_ar, g_region_mask.any(1)) + nce(d_ra, g_arg_mask.any(1))) / 2
+    n_global = (g_arg_mask.any(1) & g_region_mask.any(1)).sum()
+    return torch.where(valid, per_row, 0.0).sum() / (n_global / world).clamp_min(1 / world)

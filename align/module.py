@@ -1,8 +1,10 @@
 """LightningModule: event-aware contrastive pretraining with hard negatives and OT argument alignment.
 
 One module covers every recipe in `configs/`: plain CLIP (no negatives, no OT), + hard negatives, + OT,
-and the progressive stages (event-type heads first, then hard negatives + OT). The batch format is the one
-documented in `align/data.py`.
+and the progressive stages (event-type heads first, then hard negatives + OT). The OT head has three terms
+(`LossWeights`): the true structure's OT distance, a hinge against role-swapped / replaced structures, and a
+cross-sample contrast of OT distances (`align.losses.ot_contrastive_loss`) that grounds arguments from captions
+alone. The batch format is the one documented in `align/data.py`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torchmetrics.retrieval import RetrievalHitRate
 from torchvision.ops import box_iou
 
 from align import __version__
-from align.losses import ContrastiveLoss, ContrastiveLossConfig, hard_negative_correct
+from align.losses import ContrastiveLoss, ContrastiveLossConfig, hard_negative_correct, ot_contrastive_loss
 from align.model import EventCLIP
 from align.ontology import Ontology
 from align.ot import GradMode, Method, ground, ot_alignment_loss
@@ -78,6 +80,14 @@ class LossWeights:
         ot: weight of the OT argument-alignment loss (distance of the true structure + its contrastive hinge).
         ot_contrastive: weight of the hinge: true structure closer than role-swapped / replaced ones.
         ot_margin: margin of that hinge.
+        ot_distance: weight of the true structure's own OT distance inside the OT loss. Trained from scratch it
+            pulls every region towards every argument and collapses them onto one point (grounding at chance);
+            0 keeps only the relative terms (the hinge and `ot_batch`).
+        ot_batch: weight of the cross-sample OT contrast (`align.losses.ot_contrastive_loss`): a sample's
+            arguments must be OT-closer to its own image's regions than to every other image's in the batch
+            (gathered across ranks), and the reverse. Weakly supervised, by captions only; it is what makes
+            region embeddings discriminative enough to ground arguments.
+        ot_temperature: temperature of that contrast over OT distances (which lie in [0, 2]).
         event_type: weight of the event-type heads on the image and the primary text (progressive stage 1).
     """
 
@@ -86,7 +96,17 @@ class LossWeights:
     ot: float = 0.0
     ot_contrastive: float = 1.0
     ot_margin: float = 0.1
+    ot_distance: float = 1.0
+    ot_batch: float = 0.0
+    ot_temperature: float = 0.05
     event_type: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("contrastive", "ot", "ot_contrastive", "ot_distance", "ot_batch", "event_type"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"LossWeights.{name} must be >= 0, got {getattr(self, name)}")
+        if self.ot_temperature <= 0:
+            raise ValueError(f"LossWeights.ot_temperature must be > 0, got {self.ot_temperature}")
 
 
 @dataclass
@@ -185,10 +205,17 @@ class EventAlignModule(L.LightningModule):
 
     # ------------------------------------------------------------------ encoding
     def _encode_texts(self, *groups: tuple[Tensor, Tensor]) -> list[Tensor]:
-        """Encode every valid text of several padded (…, L) token tensors in one tower call."""
+        """Encode every valid text of several padded (…, L) token tensors in one tower call.
+
+        Each distinct token row goes through the tower once (a role-swapped argument list repeats most of the true
+        one's phrases); repeats share its embedding, and so their gradients add up as if encoded apart.
+        """
         flat = [tokens[mask] for tokens, mask in groups]
         sizes = [f.shape[0] for f in flat]
-        emb = self.model.encode_text(torch.cat(flat)) if sum(sizes) else None
+        emb = None
+        if sum(sizes):
+            unique, inverse = torch.unique(torch.cat(flat), dim=0, return_inverse=True)
+            emb = self.model.encode_text(unique)[inverse]
         out = []
         for (tokens, mask), chunk in zip(groups, emb.split(sizes) if emb is not None else [None] * len(groups)):
             full = tokens.new_zeros((*mask.shape, self.model.embed_dim), dtype=torch.float32)
@@ -200,7 +227,7 @@ class EventAlignModule(L.LightningModule):
 
     def _forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         w = self.weights
-        use_ot = w.ot > 0 or not self.training
+        use_ot = w.ot > 0 or w.ot_batch > 0 or not self.training
         use_negs = w.hard_negatives or not self.training
         boxes = batch["boxes"] if use_ot else None
         image, regions, region_mask = self.model.encode_image_and_regions(
@@ -210,7 +237,7 @@ class EventAlignModule(L.LightningModule):
             groups.append((batch["neg_tokens"], batch["neg_mask"]))
         if use_ot:
             groups.append((batch["arg_tokens"], batch["arg_mask"]))
-            if w.ot_contrastive > 0:
+            if w.ot_contrastive > 0 and (w.ot > 0 or not self.training):
                 # (B, Kn, N): a corrupted structure keeps the argument slots of the true one
                 neg_arg_mask = batch["neg_arg_mask"][:, :, None] & batch["arg_mask"][:, None, :]
                 groups.append((batch["neg_arg_tokens"], neg_arg_mask))
@@ -237,6 +264,13 @@ class EventAlignModule(L.LightningModule):
             ot_out = self._ot(batch, out, with_negatives=w.ot_contrastive > 0)
             losses["ot"] = ot_out.loss
             total = total + w.ot * ot_out.loss
+        if w.ot_batch > 0:
+            c = self.ot_config
+            loss_b = ot_contrastive_loss(out["args"], batch["arg_mask"], out["regions"], out["region_mask"],
+                                         temperature=w.ot_temperature, gather=self.training, eps=c.eps,
+                                         n_iters=c.n_iters, reg_m=c.reg_m, method=c.method, grad=c.grad)
+            losses["ot_batch"] = loss_b
+            total = total + w.ot_batch * loss_b
         if w.event_type > 0:
             target = batch["event_type"]
             logits_i, logits_t = self.image_type_head(out["image"]), self.text_type_head(out["pos"][:, 0])
@@ -256,8 +290,8 @@ class EventAlignModule(L.LightningModule):
         return ot_alignment_loss(
             out["args"], out["regions"], batch["arg_mask"], out["region_mask"], neg,
             batch["neg_arg_mask"] if neg is not None else None, margin=w.ot_margin,
-            contrastive_weight=w.ot_contrastive, eps=c.eps, n_iters=c.n_iters, reg_m=c.reg_m, method=c.method,
-            grad=c.grad)
+            contrastive_weight=w.ot_contrastive, distance_weight=w.ot_distance, eps=c.eps, n_iters=c.n_iters,
+            reg_m=c.reg_m, method=c.method, grad=c.grad)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self._forward(batch)

@@ -309,6 +309,7 @@ def ot_alignment_loss(
     *,
     margin: float = 0.2,
     contrastive_weight: float = 1.0,
+    distance_weight: float = 1.0,
     eps: float = 0.1,
     n_iters: int = 50,
     reg_m: float | None = None,
@@ -320,9 +321,13 @@ def ot_alignment_loss(
     arg_emb (B, N, D): embeddings of "role: argument phrase" (and the trigger) per event; region_emb (B, M, D);
     masks (B, N) / (B, M). neg_arg_emb (B, K, N, D): corrupted structures (role swap / argument replacement) sharing
     arg_mask, with neg_mask (B, K) marking which exist. Cost is 1 - cosine. Loss = mean over samples that have
-    arguments and regions of d_true + contrastive_weight * mean over existing negatives of
+    arguments and regions of distance_weight * d_true + contrastive_weight * mean over existing negatives of
     max(0, margin + d_true - d_neg). Terms with nothing to average contribute 0 (finite, zero gradient).
     The true and negative problems are solved in one batched call.
+
+    ``distance_weight=0`` keeps only the relative (hinge) term: the plain distance pulls every region towards every
+    argument of its image, which from scratch collapses all region and argument embeddings onto one point
+    (pair it with `pairwise_ot_distance` in a cross-sample contrast instead, see `align.losses.ot_contrastive_loss`).
     """
     if arg_emb.dim() != 3 or region_emb.dim() != 3 or arg_emb.shape[0] != region_emb.shape[0]:
         raise ValueError(f"arg_emb (B, N, D) and region_emb (B, M, D) expected, got {tuple(arg_emb.shape)} "
@@ -348,13 +353,48 @@ def ot_alignment_loss(
                    method=method, grad=grad)
     d_true, plan = res.distance[:bsz], res.plan[:bsz]
     valid = (arg_mask.any(1) & region_mask.any(1)).to(d_true.dtype)
-    loss = (d_true * valid).sum() / valid.sum().clamp_min(1)
+    loss = distance_weight * (d_true * valid).sum() / valid.sum().clamp_min(1)
     d_neg = res.distance[bsz:].reshape(bsz, k)
     if k:
         exists = (neg_mask & valid.bool()[:, None]).to(d_true.dtype)
         hinge = torch.relu(margin + d_true[:, None] - d_neg) * exists
         loss = loss + contrastive_weight * hinge.sum() / exists.sum().clamp_min(1)
     return OTLossOutput(loss, d_true, d_neg, plan)
+
+
+def pairwise_ot_distance(
+    arg_emb: Tensor,
+    arg_mask: Tensor,
+    region_emb: Tensor,
+    region_mask: Tensor,
+    *,
+    eps: float = 0.1,
+    n_iters: int = 50,
+    reg_m: float | None = None,
+    method: Method = "sinkhorn_stabilized",
+    grad: GradMode = "envelope",
+) -> Tensor:
+    """OT distance of every argument set to every region set: (Bq, N, D) x (Bk, M, D) -> (Bq, Bk).
+
+    Entry (i, j) is the distance of sample i's arguments to image j's regions (cost 1 - cosine), all Bq * Bk
+    problems solved in one batched call; it is 0 where i has no argument or j no region (mask those pairs).
+    The diagonal of a square call equals `ot_alignment_loss`'s d_true.
+    """
+    if arg_emb.dim() != 3 or region_emb.dim() != 3 or arg_emb.shape[-1] != region_emb.shape[-1]:
+        raise ValueError(f"arg_emb (Bq, N, D) and region_emb (Bk, M, D) expected, got {tuple(arg_emb.shape)} and "
+                         f"{tuple(region_emb.shape)}")
+    bq, n, _ = arg_emb.shape
+    bk, m, _ = region_emb.shape
+    if tuple(arg_mask.shape) != (bq, n) or tuple(region_mask.shape) != (bk, m):
+        raise ValueError(f"arg_mask must be {(bq, n)} and region_mask {(bk, m)}, got {tuple(arg_mask.shape)} and "
+                         f"{tuple(region_mask.shape)}")
+    x, y = F.normalize(arg_emb, dim=-1), F.normalize(region_emb, dim=-1)
+    cost = 1.0 - torch.einsum("ind,jmd->ijnm", x, y)
+    rows = arg_mask.bool()[:, None, :].expand(bq, bk, n).reshape(bq * bk, n)
+    cols = region_mask.bool()[None].expand(bq, bk, m).reshape(bq * bk, m)
+    res = solve_ot(cost.reshape(bq * bk, n, m), rows, cols, eps=eps, n_iters=n_iters, tol=None, reg_m=reg_m,
+                   method=method, grad=grad)
+    return res.distance.reshape(bq, bk)
 
 
 def ground(plan: Tensor, boxes: Tensor, arg_mask: Tensor, region_mask: Tensor) -> tuple[Tensor, Tensor]:

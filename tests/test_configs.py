@@ -41,7 +41,7 @@ def model_image_size(name: str) -> int:
 def test_the_shipped_configs_are_found() -> None:
     names = {p.name for p in FIT_CONFIGS + PROGRESSIVE_CONFIGS}
     assert {"demo.yaml", "eventworld-clip-baseline.yaml", "eventworld-event.yaml", "vit-b-32-gpu.yaml",
-            "progressive.yaml"} <= names
+            "progressive.yaml", "ablation-hardneg.yaml", "ablation-ot.yaml"} <= names
     assert [p.name for p in PROGRESSIVE_CONFIGS] == ["progressive.yaml"]
 
 
@@ -73,6 +73,29 @@ def test_gpu_config(capsys: pytest.CaptureFixture[str]) -> None:
         "gpu", -1, "ddp", 1, "bf16-mixed")
     assert cfg["model"]["model_name"] == "ViT-B-32" and cfg["model"]["pretrained"] is None
     assert cfg["data"]["image_size"] == 224 and cfg["data"]["num_workers"] == 8
+
+
+# benchmarks/quality.py's ablation: config -> (hard negatives on, OT head on)
+ABLATION = {"eventworld-clip-baseline.yaml": (False, False), "ablation-hardneg.yaml": (True, False),
+            "ablation-ot.yaml": (False, True), "demo.yaml": (True, True)}
+
+
+def test_ablation_configs_differ_only_in_objectives(capsys: pytest.CaptureFixture[str]) -> None:
+    cfgs = {name: parse_fit(CONFIG_DIR / name, capsys) for name in ABLATION}
+    demo = cfgs["demo.yaml"]
+    for name, (negatives, ot) in ABLATION.items():
+        cfg, w = cfgs[name], cfgs[name]["model"]["weights"]
+        assert w["hard_negatives"] is negatives, name
+        assert (w["ot"] > 0 and w["ot_batch"] > 0) if ot else (w["ot"] == 0 and w["ot_batch"] == 0), name
+        assert cfg["data"] == demo["data"], f"{name}: the ablation uses the demo's data"
+        assert cfg["trainer"]["max_steps"] == demo["trainer"]["max_steps"], f"{name}: and its budget"
+        assert ({k: v for k, v in cfg["model"].items() if k != "weights"}
+                == {k: v for k, v in demo["model"].items() if k != "weights"}), f"{name}: and its model and optimizer"
+        if ot:  # the OT head is configured as in the full model
+            assert {k: v for k, v in w.items() if k.startswith("ot")} == {
+                k: v for k, v in demo["model"]["weights"].items() if k.startswith("ot")}, name
+    # the full model trains the cross-sample contrast and not the plain OT distance, which collapses from scratch
+    assert demo["model"]["weights"]["ot_distance"] == 0.0
 
 
 @pytest.mark.parametrize("path", PROGRESSIVE_CONFIGS, ids=lambda p: p.name)

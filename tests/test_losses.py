@@ -1,15 +1,21 @@
-"""Contrastive losses: hand-computed toy cases per variant, masking, smoothing, clamping and gradients."""
+"""Contrastive losses: hand-computed toy cases per variant, masking, smoothing, clamping and gradients; the
+cross-sample OT contrast by hand, and under DDP (2 gloo processes) against the single-process loss."""
 
 from __future__ import annotations
 
 import math
+import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from align.losses import ContrastiveLoss, ContrastiveLossConfig, hard_negative_correct
+from align.losses import ContrastiveLoss, ContrastiveLossConfig, hard_negative_correct, ot_contrastive_loss
+from align.ot import pairwise_ot_distance
 
 LOG10 = math.log(10.0)  # logit scale 10: the logits below are 10 x the cosine similarities
 
@@ -53,6 +59,21 @@ def test_ce_toy_with_negatives_of_others() -> None:
     i2t = (nll([10, 6, 8, 0], 0) + nll([0, 8, 6, 10], 1)) / 2  # row i: [pos0, pos1, neg0, neg1]
     _, parts = loss_fn(variant="ce", use_negatives_of_others=True)(IMG, POS, ONE, NEG, ONE, t(LOG10))
     assert parts["i2t"].item() == pytest.approx(i2t, rel=1e-9)
+
+
+def test_hard_negative_weight_by_hand() -> None:
+    # ce: the own negative (last column) counts 3 times: logit + log 3; t2i has no hard negatives and is unchanged
+    i2t = (nll([10, 6, 8 + math.log(3)], 0) + nll([0, 8, 10 + math.log(3)], 1)) / 2
+    loss, parts = loss_fn(variant="ce", hard_negative_weight=3.0)(IMG, POS, ONE, NEG, ONE, t(LOG10))
+    assert parts["i2t"].item() == pytest.approx(i2t, rel=1e-9)
+    assert parts["t2i"].item() == pytest.approx((nll([10, 0], 0) + nll([6, 8], 1)) / 2, rel=1e-9)
+    # bce: the negative columns' terms are multiplied by 3
+    b = -5.0
+    i2t = (bce(10 + b, 1) + bce(6 + b, 0) + 3 * bce(8 + b, 0) + bce(0 + b, 0) + bce(8 + b, 1) + 3 * bce(10 + b, 0)) / 2
+    _, parts = loss_fn(variant="bce", bias_init=b, hard_negative_weight=3.0)(IMG, POS, ONE, NEG, ONE, t(LOG10))
+    assert parts["i2t"].item() == pytest.approx(i2t, rel=1e-9)
+    with pytest.raises(ValueError, match="hard_negative_weight"):
+        ContrastiveLossConfig(hard_negative_weight=0.0)
 
 
 def test_bce_toy_by_hand() -> None:
@@ -245,3 +266,107 @@ def test_hard_negative_correct_toy() -> None:
     pos[1, 1] = t([1.0, 0.0])
     out = hard_negative_correct(IMG, pos, torch.tensor([[True, True], [False, True]]), neg, neg_mask)
     assert out.tolist() == [[True, False], [False, False]]
+
+
+# ----------------------------------------------------------------------------- cross-sample OT contrast
+OT_KW = dict(eps=0.1, n_iters=30)
+
+
+def ot_batch(b: int = 5, n: int = 3, m: int = 4, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    args, regions = torch.randn(b, n, d, generator=g), torch.randn(b, m, d, generator=g)
+    amask, rmask = torch.rand(b, n, generator=g) > 0.3, torch.rand(b, m, generator=g) > 0.3
+    amask[:, 0] = rmask[:, 0] = True
+    amask[1] = False  # sample 1: no arguments (a candidate image, not a row)
+    rmask[3] = False  # image 3: no regions (no candidate, not a row)
+    return args, amask, regions, rmask
+
+
+def test_ot_contrastive_by_hand() -> None:
+    args, amask, regions, rmask = ot_batch()
+    loss = ot_contrastive_loss(args, amask, regions, rmask, temperature=0.1, **OT_KW)
+    d = pairwise_ot_distance(args, amask, regions, rmask, **OT_KW).double()
+    rows = []
+    for i in (0, 2, 4):  # samples with arguments and regions
+        a2r = [-d[i, j].item() / 0.1 for j in range(5) if j != 3]  # images with regions
+        r2a = [-d[j, i].item() / 0.1 for j in range(5) if j != 1]  # samples with arguments
+        rows.append((nll(a2r, [j for j in range(5) if j != 3].index(i))
+                     + nll(r2a, [j for j in range(5) if j != 1].index(i))) / 2)
+    assert loss.item() == pytest.approx(sum(rows) / 3, rel=1e-5)
+
+
+def test_ot_contrastive_prefers_own_regions() -> None:
+    # every sample's two arguments match its own two regions exactly: the loss is near 0, shuffled it is not
+    eye = torch.eye(8)
+    args = torch.stack([eye[[2 * i, 2 * i + 1]] for i in range(4)])
+    ones = torch.ones(4, 2, dtype=torch.bool)
+    matched = ot_contrastive_loss(args, ones, args.flip(1), ones, temperature=0.05, eps=0.01, n_iters=100)
+    shuffled = ot_contrastive_loss(args, ones, args.roll(1, 0), ones, temperature=0.05, eps=0.01, n_iters=100)
+    assert matched.item() < 1e-3 and shuffled.item() > 10
+
+
+def test_ot_contrastive_gradients_and_empty_batch() -> None:
+    args, amask, regions, rmask = (x.requires_grad_() if x.is_floating_point() else x for x in ot_batch())
+    ot_contrastive_loss(args, amask, regions, rmask, **OT_KW).backward()
+    assert torch.isfinite(args.grad).all() and torch.isfinite(regions.grad).all()
+    assert args.grad[1].abs().sum() == 0 and regions.grad[3].abs().sum() == 0  # masked sets get nothing
+    assert args.grad[0].abs().sum() > 0 and regions.grad[0].abs().sum() > 0
+    empty = ot_contrastive_loss(args, torch.zeros_like(amask), regions, rmask, **OT_KW)
+    assert empty.item() == 0.0
+    empty.backward()
+    with pytest.raises(ValueError, match="temperature"):
+        ot_contrastive_loss(args, amask, regions, rmask, temperature=0.0)
+
+
+# Rank 0 holds samples 0-2 with all 3 argument slots, rank 1 samples 3-4 with 2 slots (slot 2 is masked for them in
+# the full batch), so the gather pads both B and N.
+OT_SPLITS = [(slice(0, 3), 3), (slice(3, 5), 2)]
+
+
+def _ot_case(args: torch.Tensor, amask: torch.Tensor, regions: torch.Tensor,
+             rmask: torch.Tensor) -> dict[str, torch.Tensor]:
+    args, regions = args.clone().requires_grad_(), regions.clone().requires_grad_()
+    loss = ot_contrastive_loss(args, amask, regions, rmask, temperature=0.1, **OT_KW)
+    loss.backward()
+    return {"loss": loss.detach(), "args": args.grad, "regions": regions.grad}
+
+
+def _full_ot_batch() -> tuple[torch.Tensor, ...]:
+    args, amask, regions, rmask = ot_batch()
+    amask[3:, 2] = False
+    return args, amask, regions, rmask
+
+
+def _ot_worker(rank: int, port: int, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        args, amask, regions, rmask = _full_ot_batch()
+        rows, n = OT_SPLITS[rank]
+        torch.save(_ot_case(args[rows, :n], amask[rows, :n], regions[rows], rmask[rows]),
+                   Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ot_contrastive_ddp_matches_single_process(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ot_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    got = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    full = _ot_case(*_full_ot_batch())
+    close = dict(atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close((got[0]["loss"] + got[1]["loss"]) / 2, full["loss"], **close)
+    for g, (rows, n) in zip(got, OT_SPLITS):  # DDP averages gradients over the 2 ranks
+        torch.testing.assert_close(g["args"] / 2, full["args"][rows, :n], **close)
+        torch.testing.assert_close(g["regions"] / 2, full["regions"][rows], **close)
+
+
+def test_loss_weights_reject_bad_values() -> None:
+    from align.module import LossWeights
+
+    with pytest.raises(ValueError, match="ot_batch"):
+        LossWeights(ot_batch=-1.0)
+    with pytest.raises(ValueError, match="ot_temperature"):
+        LossWeights(ot_temperature=0.0)
+    assert LossWeights(ot=0.5, ot_batch=1.0, ot_distance=0.0).ot_batch == 1.0

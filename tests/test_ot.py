@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from align.ot import cosine_cost, ground, ot_alignment_loss, solve_ot
+from align.ot import cosine_cost, ground, ot_alignment_loss, pairwise_ot_distance, solve_ot
 
 SINKHORN = ["sinkhorn_stabilized", "sinkhorn_log"]
 ALL = [*SINKHORN, "ipot"]
@@ -259,3 +259,43 @@ def test_ground_picks_matching_box():
     assert chosen[0].tolist() == [[20, 20, 30, 30], [0, 0, 10, 10], [0, 0, 0, 0]]
     idx, chosen = ground(plan, boxes, amask, torch.zeros_like(rmask))
     assert idx.tolist() == [[-1, -1, -1]] and chosen.abs().sum() == 0
+
+
+def test_distance_weight_zero_keeps_only_the_hinge():
+    args, regions = _onehots(0, 1)[None], _onehots(0, 2)[None]  # arg1 matches nothing: d_true = 0.5
+    negs = _onehots(3, 4)[None, None]  # d_neg = 1
+    ones = torch.ones(1, 2, dtype=torch.bool)
+    kw = dict(method="ipot", eps=0.1, n_iters=100, margin=0.8)
+    full = ot_alignment_loss(args, regions, ones, ones, negs, **kw)
+    hinge_only = ot_alignment_loss(args, regions, ones, ones, negs, distance_weight=0.0, **kw)
+    assert full.loss.item() == pytest.approx(0.5 + 0.3, abs=1e-6)
+    assert hinge_only.loss.item() == pytest.approx(0.3, abs=1e-6)
+    assert torch.equal(full.plan, hinge_only.plan)
+
+
+def test_pairwise_distance_matches_one_problem_at_a_time():
+    g = torch.Generator().manual_seed(3)
+    args, regions = torch.randn(3, 4, 8, generator=g), torch.randn(5, 6, 8, generator=g)
+    amask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]], dtype=torch.bool)
+    rmask = torch.rand(5, 6, generator=g) > 0.3
+    rmask[2] = False
+    d = pairwise_ot_distance(args, amask, regions, rmask, eps=0.1, n_iters=30)
+    assert d.shape == (3, 5)
+    for i in range(3):
+        for j in range(5):
+            one = ot_alignment_loss(args[i:i + 1], regions[j:j + 1], amask[i:i + 1], rmask[j:j + 1], eps=0.1,
+                                    n_iters=30)
+            assert d[i, j].item() == pytest.approx(one.d_true.item(), abs=1e-5), (i, j)
+    assert (d[2] == 0).all() and (d[:, 2] == 0).all()  # no arguments / no regions
+    # matching sets are closer than unrelated ones
+    same = pairwise_ot_distance(_onehots(0, 1)[None], torch.ones(1, 2, dtype=torch.bool),
+                                torch.stack([_onehots(1, 0), _onehots(2, 3)]), torch.ones(2, 2, dtype=torch.bool),
+                                eps=0.01, n_iters=100)
+    assert same[0, 0].item() < 0.05 and same[0, 1].item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_pairwise_distance_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="region_emb"):
+        pairwise_ot_distance(torch.rand(2, 3, 4), torch.ones(2, 3), torch.rand(2, 3, 5), torch.ones(2, 3))
+    with pytest.raises(ValueError, match="arg_mask"):
+        pairwise_ot_distance(torch.rand(2, 3, 4), torch.ones(2, 2), torch.rand(2, 3, 4), torch.ones(2, 3))

@@ -1,11 +1,12 @@
 """End-to-end training through the `align` CLI on tiny EventWorld shards (CPU, EventCLIP-Tiny): the loss goes down,
 runs resume from step checkpoints that load without pickle, the test stage reports every metric, corrupt samples
-are skipped and counted, two-process DDP runs, progressive stages chain their weights, and `--help` documents
-the arguments."""
+are skipped and counted, two-process DDP runs, progressive stages chain their weights, `--help` documents
+the arguments, and the quality ablation (benchmarks/quality.py) writes its table and resumes."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -53,7 +54,8 @@ def write_config(path: Path, shards: Path, root: Path, max_steps: int, *, every:
                         "init_args": {"save_dir": str(root), "name": "csv"}}],
         },
         "checkpoint": {"every_n_train_steps": every},
-        "model": {"model_name": "EventCLIP-Tiny", "weights": {"hard_negatives": True, "ot": 0.5},
+        "model": {"model_name": "EventCLIP-Tiny",
+                  "weights": {"hard_negatives": True, "ot": 0.5, "ot_distance": 0.0, "ot_batch": 1.0},
                   "optim": {"lr": 1.0e-3, "warmup_steps": 2}},
         "data": {"train": str(shards / "train-*.tar"), "val": str(shards / "val-*.tar"),
                  "test": str(shards / "test-*.tar"), "batch_size": 8, "num_workers": 0, "image_size": 128,
@@ -87,6 +89,7 @@ def test_fit_loss_decreases(fitted: tuple[Any, Path]) -> None:
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.9 * first, f"loss did not go down: first 5 {first:.3f}, last 5 {last:.3f}"
     assert logged(root, "train/ot"), "full mode trains the OT head"
+    assert logged(root, "train/ot_batch"), "and its cross-sample contrast"
     assert logged(root, "val/loss")
 
 
@@ -222,3 +225,70 @@ def test_fit_help_documents_arguments() -> None:
     assert "include the sample's K hard negatives as extra columns of the contrastive loss" in text
     assert "Training shard pattern(s)" in text and "Hard negative kinds to sample from" in text
     assert "--checkpoint.every_n_train_steps" in text and "--ckpt_path" in text
+    assert "--model.weights.ot_batch" in text and "weight of the cross-sample OT contrast" in text
+
+
+def test_quality_ablation_writes_table_and_resumes(shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("quality", REPO / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    plain = write_config(tmp_path / "plain.yaml", shards, tmp_path / "unused", max_steps=50,
+                         model={"weights": {"hard_negatives": False, "ot": 0.0, "ot_batch": 0.0}})
+    full = write_config(tmp_path / "full.yaml", shards, tmp_path / "unused", max_steps=50)
+    out = tmp_path / "quality.json"
+    argv = ["--steps", "2", "--out", str(out), "--shards", str(shards), "--runs", str(tmp_path / "runs"),
+            "--num-samples", "96", "--model", f"clip={plain}", "--model", f"full={full}", "--json"]
+    assert quality.main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert list(doc["models"]) == ["clip", "full"]
+    for r in doc["models"].values():
+        assert r["global_step"] == 2 and r["max_steps"] == 2 and r["train_seconds"] > 0
+        assert set(r["hardneg_acc"]) == {"type_swap", "role_swap", "arg_replace"}
+        assert set(r["retrieval"]) == {f"{d}_hit@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
+        assert 0.0 <= r["grounding_acc"] <= 1.0
+    assert set(doc["met"]) == set(doc["targets"]) and all(isinstance(v, bool) for v in doc["met"].values())
+    run = tmp_path / "runs" / f"full-2steps-{doc['models']['full']['config_sha256'][:8]}"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "csv").is_dir() and not (tmp_path / "unused").exists(), "logs go beside the checkpoints"
+    printed = capsys.readouterr().out
+    assert "| `full` |" in printed and "target (full)" in printed and '"models"' in printed
+
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a finished model was trained again")
+
+    monkeypatch.setattr(quality, "train_and_test", no_training)
+    assert quality.main(argv) == 0
+    assert json.loads(out.read_text()) == doc
+    full.write_text(full.read_text() + "# edited\n")  # a changed config is trained again
+    with pytest.raises(AssertionError, match="trained again"):
+        quality.main(argv)
+
+
+def test_encode_texts_encodes_each_distinct_text_once_with_the_same_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    module = EventAlignModule("EventCLIP-Tiny")
+    tok = module.model.tokenizer
+    pos = tok(["a soldier arrests a protester", "a van drives"]).reshape(2, 1, -1)
+    args = tok(["Agent: a soldier", "Person: a protester", "Agent: a soldier", "Vehicle: a van"]).reshape(2, 2, -1)
+    arg_mask = torch.tensor([[True, True], [True, False]])  # the masked slot is not encoded at all
+    calls: list[int] = []
+    encode = module.model.encode_text
+
+    def counting(tokens: torch.Tensor) -> torch.Tensor:
+        calls.append(tokens.shape[0])
+        return encode(tokens)
+
+    monkeypatch.setattr(module.model, "encode_text", counting)
+    out_pos, out_args = module._encode_texts((pos, torch.ones(2, 1, dtype=torch.bool)), (args, arg_mask))
+    assert calls == [4], "5 valid texts, 4 distinct: one tower call"
+    (out_pos.sum() + (out_args * torch.arange(1.0, 3.0)[None, :, None]).sum()).backward()
+    dedup = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    module.zero_grad()
+    ref_pos, ref_args = encode(pos[:, 0]), encode(args[arg_mask])  # each text on its own row
+    torch.testing.assert_close(out_pos[:, 0].detach(), ref_pos.detach())
+    torch.testing.assert_close(out_args[arg_mask].detach(), ref_args.detach())
+    assert out_args[1, 1].abs().sum() == 0
+    (ref_pos.sum() + (ref_args * torch.tensor([1.0, 2.0, 1.0])[:, None]).sum()).backward()
+    for name, grad in dedup.items():
+        torch.testing.assert_close(grad, module.get_parameter(name).grad, atol=1e-5, rtol=1e-4, msg=name)
