@@ -21,7 +21,6 @@ from benchmarks.evaluate import (
     main,
     retrieval_metrics,
 )
-from tests.tiny_run import tiny_ckpt, tiny_shards  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
 

@@ -17,9 +17,6 @@ from align.export import ExportError, load, run_export
 from align.index import main as index_main
 from align.inference import encode_images, encode_texts, load_image, load_module, scale_boxes
 from align.schema import Sample
-from tests import tiny_run
-
-tiny_shards, tiny_ckpt = tiny_run.tiny_shards, tiny_run.tiny_ckpt
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
 

@@ -15,9 +15,7 @@ from align.ground import PALETTE, draw_grounding, grid_proposals, ground, ot_gro
 from align.inference import load_module
 from align.ot import ground as ground_plan
 from align.schema import Argument, Event, Trigger
-from tests import tiny_run
 
-tiny_shards, tiny_ckpt = tiny_run.tiny_shards, tiny_run.tiny_ckpt  # shared session fixtures
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
 
 

@@ -13,9 +13,6 @@ import pytest
 
 from align.export import load, run_export
 from align.index import IndexInputError, LoadedIndex, main
-from tests import tiny_run
-
-tiny_shards, tiny_ckpt = tiny_run.tiny_shards, tiny_run.tiny_ckpt
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
 ROOT = Path(__file__).resolve().parents[1]

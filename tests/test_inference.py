@@ -18,9 +18,7 @@ from align.inference import (
     scale_boxes,
     type_prompts,
 )
-from tests import tiny_run
 
-tiny_shards, tiny_ckpt = tiny_run.tiny_shards, tiny_run.tiny_ckpt
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
 
 

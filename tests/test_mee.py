@@ -13,9 +13,7 @@ import pytest
 from align.cli import main as align_main
 from align.mee import evaluate_mee, max_matching
 from data_gen.eventworld.m2e2 import read_m2e2
-from tests import tiny_run
 
-tiny_shards, tiny_ckpt = tiny_run.tiny_shards, tiny_run.tiny_ckpt  # shared session fixtures
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
 
 ATTACK = "Conflict.Attack"

@@ -24,21 +24,10 @@ import align.cli
 from align.cli import progressive, run_cli
 from align.module import EventAlignModule
 from align.schema import NEGATIVE_KINDS
-from data_gen.cli import main as data_gen_main
 
 REPO = Path(__file__).resolve().parent.parent
 # run_cli is given args while pytest's own argv is set; LightningCLI warns about that mix
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
-
-
-@pytest.fixture(scope="session")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """96 samples of 128 px, 8 per shard, so val and test have 2 shards each (one per DDP rank)."""
-    out = tmp_path_factory.mktemp("eventworld")
-    code = data_gen_main(["eventworld", "--out", str(out), "--num-samples", "96", "--samples-per-shard", "8",
-                          "--seed", "0", "--quiet"])
-    assert code == 0
-    return out
 
 
 def write_config(path: Path, shards: Path, root: Path, max_steps: int, *, every: int = 10, **extra: Any) -> Path:
