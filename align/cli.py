@@ -15,6 +15,7 @@ import copy
 import importlib
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,21 @@ class AlignCLI(LightningCLI):
             self.trainer.callbacks.append(SaveFinalStep(ckpt, sub["checkpoint"].get("every_n_train_steps")))
 
 
+# Lightning warnings that do not apply here and would bury the real ones in every run's output.
+QUIET_WARNINGS = (
+    # ShardStream splits shards over workers and caps each worker, so its __len__ is exact
+    r".*`IterableDataset` has `__len__` defined.*",
+    # Lightning's own pytree helper on torch >= 2.10
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    # `python -m align.demo --out ...` passes the fit arguments explicitly
+    r".*LightningCLI's args parameter is intended to run from within Python.*",
+)
+
+
 def run_cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> AlignCLI:
     torch.set_float32_matmul_precision("high")
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
     return AlignCLI(EventAlignModule, EventDataModule, args=args, run=run, save_config_kwargs={"overwrite": True})
 
 
