@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from align.schema import Event
+from data_gen.jsonl import count_records, read_json_lines, record_id
 
 BACKENDS = ("rules", "llm", "import")
 
@@ -57,28 +58,17 @@ class InputError(ValueError):
     """A bad input line; the message names the file and line number."""
 
 
+def _caption(row: dict[str, Any]) -> tuple[str, str]:
+    key, text = record_id(row), row.get("text", row.get("caption"))
+    if not isinstance(text, str):
+        raise ValueError("missing 'text' (or 'caption') string")
+    return key, text
+
+
 def read_captions(path: Path, skip_bad: bool = False) -> Iterator[tuple[str, str] | None]:
     """(id, text) per input line; None for a bad line when `skip_bad`, else InputError."""
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-                if not isinstance(row, dict):
-                    raise ValueError("expected a JSON object")
-                key, text = row.get("id"), row.get("text", row.get("caption"))
-                if not isinstance(key, (str, int)) or isinstance(key, bool) or key == "":
-                    raise ValueError("missing or empty 'id'")
-                if not isinstance(text, str):
-                    raise ValueError("missing 'text' (or 'caption') string")
-            except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
-                if skip_bad:
-                    yield None
-                    continue
-                what = "not UTF-8" if isinstance(e, UnicodeDecodeError) else str(e)
-                raise InputError(f"{path}:{n}: {what} (use --skip-bad to skip bad lines)") from None
-            yield str(key), text
+    return read_json_lines(path, _caption, skip_bad=skip_bad, error=InputError,
+                           hint=" (use --skip-bad to skip bad lines)")
 
 
 def _resume(partial: Path) -> int:
@@ -101,7 +91,7 @@ def run_extract(extractor: Extractor, input_path: Path, output_path: Path, *, ba
     done = _resume(partial)
     counts = {"lines": 0, "skipped_bad": 0, "resumed": done, "events": 0}
     uses_ids = getattr(extractor, "uses_ids", False)
-    total = sum(1 for line in input_path.open("rb") if line.strip())
+    total = count_records(input_path)
     with partial.open("a", encoding="utf-8") as out, Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"extract ({extractor.name})", total=total, completed=done)
         batch: list[tuple[str, str]] = []

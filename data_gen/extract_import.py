@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from align.ontology import Ontology
-from align.schema import Argument, Event, SchemaError, Trigger
+from align.schema import Argument, Event, Trigger
+from data_gen.jsonl import read_json_lines, record_id
 
 FORMATS = ("jsonl", "m2e2", "cs")
 
@@ -51,26 +52,22 @@ def detect_format(path: Path) -> str:
     raise ImportFormatError(f"{path}: cannot tell the format (jsonl, m2e2 or cs); pass format=")
 
 
+def _import_row(row: dict[str, Any]) -> tuple[str, list[Event], str | None]:
+    key, raw = record_id(row), row.get("events") or []
+    if not isinstance(raw, list):
+        raise ValueError(f"'events' must be a list, got {type(raw).__name__}")
+    events = [Event.from_dict(e, key, f"events[{i}]") for i, e in enumerate(raw)]
+    text = row.get("text", row.get("caption"))
+    return key, events, text if isinstance(text, str) else None
+
+
 def read_jsonl(path: Path) -> tuple[dict[str, list[Event]], dict[str, str]]:
+    """id -> events and id -> text, the text when a line has one; bad lines as in `data_gen.jsonl`."""
     events, texts = {}, {}
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise ImportFormatError(f"{path}:{n}: not a UTF-8 JSON line: {e}") from e
-            if not isinstance(row, dict) or not isinstance(row.get("id"), (str, int)):
-                raise ImportFormatError(f"{path}:{n}: expected an object with an 'id'")
-            key = str(row["id"])
-            try:
-                events[key] = [Event.from_dict(e, key, f"events[{i}]") for i, e in enumerate(row.get("events") or [])]
-            except SchemaError as e:
-                raise ImportFormatError(f"{path}:{n}: {e}") from e
-            text = row.get("text", row.get("caption"))
-            if isinstance(text, str):
-                texts[key] = text
+    for key, evs, text in read_json_lines(path, _import_row, error=ImportFormatError):
+        events[key] = evs
+        if text is not None:
+            texts[key] = text
     return events, texts
 
 

@@ -1,4 +1,7 @@
-"""EventDataModule over tiny WebDataset shards written here: batch contract, skipping, splitting, mixing, seeds."""
+"""EventDataModule over tiny WebDataset shards written here: batch contract, skipping, splitting, mixing, seeds.
+
+`tokenizer` is conftest's (session-wide open_clip BPE); the shards are hand-made here, not conftest's EventWorld ones.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ from collections import Counter
 from io import BytesIO
 from pathlib import Path
 
-import open_clip
 import pytest
 import torch
 import webdataset as wds
@@ -21,11 +23,6 @@ from align.ontology import Ontology
 from align.schema import NEGATIVE_KINDS, Argument, Description, Event, Negative, Region, Sample, Trigger
 
 W, H, SIZE = 64, 48, 32
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return open_clip.get_tokenizer("ViT-B-32")  # BPE vocab ships inside open_clip: no download
 
 
 def jpeg(color: tuple[int, int, int]) -> bytes:

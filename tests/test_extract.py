@@ -11,8 +11,10 @@ import pytest
 
 from align.schema import Argument, Event, Trigger
 from data_gen.extract import Extractor, InputError, get_extractor, read_captions, register
-from data_gen.extract_import import ImportExtractor, ImportFormatError, detect_format
+from data_gen.extract_import import ImportExtractor, ImportFormatError, detect_format, read_jsonl
 from data_gen.extract_rules import Lexicon, LexiconError, RulesExtractor
+from data_gen.jsonl import JSONLineError, count_records, read_json_lines, record_id
+from data_gen.llm_describe import fillers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,13 +41,6 @@ def extracted(rules: RulesExtractor) -> dict[str, list[Event]]:
     return dict(zip(CAPTIONS, rules.extract(list(CAPTIONS.values()))))
 
 
-def roles(event: Event) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for a in event.arguments:
-        out.setdefault(a.role, []).append(a.text)
-    return out
-
-
 def only(events: list[Event], type_name: str) -> Event:
     matching = [e for e in events if e.type == type_name]
     assert len(matching) == 1, [e.to_dict() for e in events]
@@ -68,7 +63,7 @@ def only(events: list[Event], type_name: str) -> Event:
 def test_rules_types_triggers_roles(extracted, key, type_name, trigger, expected):
     event = only(extracted[key], type_name)
     assert event.trigger.text == trigger
-    found = roles(event)
+    found = fillers(event)
     for role, text in expected.items():
         assert text in found.get(role, []), (role, found)
 
@@ -85,9 +80,9 @@ def test_rules_no_event_and_spans_consistent(extracted):
 
 def test_rules_money_role_and_passive_agent(rules):
     (paid,) = rules.extract(["The World Bank paid $5 million to the government of Kenya."])[0]
-    assert "$5 million" in roles(paid)["Money"]
+    assert "$5 million" in fillers(paid)["Money"]
     events = rules.extract(["The journalist was arrested by soldiers in Cairo."])[0]
-    assert roles(only(events, "Justice.Arrest-Jail"))["Agent"] == ["soldiers"]
+    assert fillers(only(events, "Justice.Arrest-Jail"))["Agent"] == ["soldiers"]
 
 
 def test_rules_window_offsets_after_skipped_sentence(rules):
@@ -101,7 +96,7 @@ def test_rules_window_offsets_after_skipped_sentence(rules):
 
 def test_rules_max_per_role(rules):
     (events,) = RulesExtractor(max_per_role=1, lexicon=rules.lexicon).extract([CAPTIONS["meet"]])
-    assert len(roles(only(events, "Contact.Meet"))["Participant"]) == 1
+    assert len(fillers(only(events, "Contact.Meet"))["Participant"]) == 1
 
 
 def test_lexicon_errors_name_file(tmp_path):
@@ -118,6 +113,54 @@ def test_registry():
     assert isinstance(get_extractor("rules"), Extractor)
     with pytest.raises(ValueError, match="unknown extractor backend"):
         get_extractor("nope")
+
+
+# ---------------------------------------------------------------- JSON lines (shared by both readers)
+def ids(path: Path, skip_bad: bool = False) -> list[str | None]:
+    return list(read_json_lines(path, record_id, skip_bad=skip_bad))
+
+
+def test_json_lines_skip_blank_lines_and_number_errors(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"id": "a"}\n\n  \t\r\n{"id": 7}\r\n{"id": "c", \n{"id": "d"}')
+    assert count_records(path) == 4  # the three record lines and the malformed one; not the blank two
+    with pytest.raises(JSONLineError, match=r"in\.jsonl:5: not valid JSON: .* at column 13$") as info:
+        ids(path)
+    assert "line 1" not in str(info.value)  # json's own position is within the line, not the file
+    assert ids(path, skip_bad=True) == ["a", "7", None, "d"]
+    path.write_bytes(b'\n\n{"id": "a", "text": "caf\xe9"}\n')
+    with pytest.raises(JSONLineError, match=r"in\.jsonl:3: not UTF-8 \(byte 25 of the line\)$"):
+        ids(path)
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    (b'\xef\xbb\xbf{"id": "a"}', "starts with a UTF-8 byte-order mark"),
+    (b'["a"]', "expected a JSON object, got list"),
+    (b'{"id": true}', "missing or empty 'id'"),
+    (b'{"id": ""}', "missing or empty 'id'"),
+    (b'{"text": "x"}', "missing or empty 'id'"),
+])
+def test_json_lines_bad_records(tmp_path, line, problem):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"id": 1, "text": "t"}\n' + line + b"\n")
+    with pytest.raises(JSONLineError, match=f"in\\.jsonl:2: {problem}"):
+        ids(path)
+    with pytest.raises(InputError, match=f"in\\.jsonl:2: {problem}.* --skip-bad"):
+        list(read_captions(path))
+    with pytest.raises(ImportFormatError, match=f"in\\.jsonl:2: {problem}"):
+        read_jsonl(path)
+
+
+def test_import_jsonl_errors_name_line(tmp_path):
+    path = tmp_path / "ie.jsonl"
+    path.write_text('{"id": 3, "text": "t", "events": []}\n\n{"id": "b", "events": [{"type": 5}]}\n')
+    with pytest.raises(ImportFormatError, match=r"ie\.jsonl:3: .*events\[0\]"):
+        read_jsonl(path)
+    path.write_text('{"id": "b", "events": 5}\n')
+    with pytest.raises(ImportFormatError, match=r"ie\.jsonl:1: 'events' must be a list, got int"):
+        read_jsonl(path)
+    path.write_text('{"id": 3, "text": "t", "events": []}\n{"id": "b"}\n')
+    assert read_jsonl(path) == ({"3": [], "b": []}, {"3": "t"})
 
 
 # ---------------------------------------------------------------- CLI
@@ -182,7 +225,7 @@ def test_import_jsonl_and_cli(tmp_path):
     extractor = ImportExtractor(ie)
     (events,) = extractor.extract(["ignored"], ids=["x"])
     assert events[0].type == "Movement.Transport"
-    assert roles(events[0]) == {"Artifact": ["Trump"], "Destination": ["Paris"]}
+    assert fillers(events[0]) == {"Artifact": ["Trump"], "Destination": ["Paris"]}
     assert extractor.extract(["Trump arrives in Paris", "other"]) == [events, []]
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text(json.dumps({"id": "x", "text": "Trump arrives in Paris"})
@@ -210,7 +253,7 @@ def test_import_m2e2(tmp_path):
     assert text[event.trigger.char_start:event.trigger.char_end] == "arrested"
     for a in event.arguments:
         assert text[a.char_start:a.char_end] == a.text
-    assert roles(event) == {"Agent": ["Police"], "Person": ["two men"], "Place": ["Lagos"]}
+    assert fillers(event) == {"Agent": ["Police"], "Person": ["two men"], "Place": ["Lagos"]}
     data = json.loads(path.read_text())
     data[0]["golden-event-mentions"][0]["trigger"] = {"start": 5, "end": 9}
     path.write_text(json.dumps(data))
