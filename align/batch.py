@@ -2,16 +2,19 @@
 
 The batch layout is the contract documented in `align.data`; `EventDataModule` is the way in. Everything here
 runs in DataLoader workers, so bad input raises `Skip` (with a counter key) instead of failing the run.
+`ImageDecoder` is also how `align.inference` reads images, so inference sees exactly the training pixels.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from io import BytesIO
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +33,50 @@ class Skip(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; `reason` is the loader's counter key (`image_too_large` or `bad_image`)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class ImageDecoder:
+    """Encoded image (bytes or a path) -> (3, S, S) float32 normalised model input and the original (w, h).
+
+    The one image preprocessing of the library: training batches and `align.inference` both call it. Resized to
+    S x S without keeping the aspect ratio (boxes map by a plain scale), bicubic, after JPEG DCT scaling."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], max_pixels: int) -> None:
+        self.size, self.max_pixels = size, max_pixels
+        # Normalise uint8 pixels in numpy (one thread): torch ops in an oversubscribed main process crawl.
+        self.shift = (np.asarray(mean, dtype=np.float32) * 255.0).reshape(3, 1, 1)
+        self.scale = (1.0 / (np.asarray(std, dtype=np.float32) * 255.0)).reshape(3, 1, 1)
+
+    def __call__(self, source: bytes | str | Path) -> tuple[np.ndarray, tuple[int, int]]:
+        """Raises ImageError for a too large or undecodable image; FileNotFoundError for a missing path."""
+        side = (self.size, self.size)
+        try:
+            with Image.open(BytesIO(source) if isinstance(source, bytes) else source) as im:
+                if im.width * im.height > self.max_pixels:
+                    raise ImageError("image_too_large",
+                                     f"image is {im.width}x{im.height}, more than {self.max_pixels} pixels")
+                original = im.size
+                im.draft("RGB", side)  # JPEG DCT scaling: decode big images at a fraction of the cost
+                rgb = im.convert("RGB").resize(side, Image.Resampling.BICUBIC)
+        except (ImageError, FileNotFoundError):
+            raise
+        except Image.DecompressionBombError as e:
+            raise ImageError("image_too_large", str(e)) from e
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ImageError("bad_image", f"cannot decode image ({type(e).__name__}: {e})") from e
+        # uint8 HWC viewed as CHW, then float32 in place: several times faster than a float HWC copy + transpose
+        x = np.empty((3, self.size, self.size), dtype=np.float32)
+        np.subtract(np.asarray(rgb).transpose(2, 0, 1), self.shift, out=x)
+        x *= self.scale
+        return x, original
 
 
 # --------------------------------------------------------------------------- one sample
@@ -56,10 +103,15 @@ def _replacements(changed: Any) -> list[tuple[str, str]]:
 
 
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    """IoU of two xyxy boxes; written out without min/max calls (it runs for every argument x region pair)."""
+    ax1, ay1, ax2, ay2 = a
+    bx1, by1, bx2, by2 = b
+    iw = (bx2 if bx2 < ax2 else ax2) - (bx1 if bx1 > ax1 else ax1)
+    ih = (by2 if by2 < ay2 else ay2) - (by1 if by1 > ay1 else ay1)
+    if iw <= 0.0 or ih <= 0.0:
+        return 0.0
     inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
     return inter / union if union > 0 else 0.0
 
 
@@ -81,12 +133,10 @@ class SampleEncoder:
                  num_arg_negatives: int, ontology: Ontology, seed: int, max_image_pixels: int,
                  negative_modes: Sequence[str] | None = None) -> None:
         self.size, self.positive_kinds, self.negative_kinds = image_size, tuple(positive_kinds), tuple(negative_kinds)
-        # Normalise uint8 pixels in numpy (one thread): torch ops in an oversubscribed main process crawl.
-        self.shift = (np.asarray(mean, dtype=np.float32) * 255.0).reshape(3, 1, 1)
-        self.scale = (1.0 / (np.asarray(std, dtype=np.float32) * 255.0)).reshape(3, 1, 1)
+        self.decode = ImageDecoder(image_size, mean, std, max_image_pixels)
         self.k, self.r, self.n, self.kn = num_negatives, max_regions, max_arguments, num_arg_negatives
         self.negative_modes = None if negative_modes is None else frozenset(negative_modes)
-        self.ontology, self.seed, self.max_pixels = ontology, seed, max_image_pixels
+        self.ontology, self.seed = ontology, seed
 
     def __call__(self, raw: dict[str, Any], epoch: int | None) -> dict[str, Any]:
         if IMAGE_EXT not in raw or RECORD_EXT not in raw:
@@ -126,20 +176,9 @@ class SampleEncoder:
 
     def _image(self, data: bytes) -> np.ndarray:
         try:
-            with Image.open(BytesIO(data)) as im:
-                if im.width * im.height > self.max_pixels:
-                    raise Skip("image_too_large", f"{im.width}x{im.height} exceeds {self.max_pixels} pixels")
-                im.draft("RGB", (self.size, self.size))  # JPEG DCT scaling: decode big images at a fraction
-                rgb = im.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC)
-        except Image.DecompressionBombError as e:
-            raise Skip("image_too_large", str(e)) from e
-        except (OSError, ValueError, SyntaxError) as e:
-            raise Skip("bad_image", f"{type(e).__name__}: {e}") from e
-        # uint8 HWC viewed as CHW, then float32 in place: several times faster than a float HWC copy + transpose
-        x = np.empty((3, self.size, self.size), dtype=np.float32)
-        np.subtract(np.asarray(rgb).transpose(2, 0, 1), self.shift, out=x)
-        x *= self.scale
-        return x
+            return self.decode(data)[0]
+        except ImageError as e:
+            raise Skip(e.reason, str(e)) from e
 
     def _positives(self, sample: Sample, rng: random.Random) -> list[str | None]:
         by_kind: dict[str, list[str]] = defaultdict(list)
@@ -195,15 +234,93 @@ class SampleEncoder:
                 for texts_, kind in _round_robin(groups, self.kn)]
 
 
+# --------------------------------------------------------------------------- tokenisation
+def _whitespace_lower(text: str) -> str:
+    """open_clip's `lower` clean after basic_clean: whitespace runs to one space, stripped, lower case."""
+    return " ".join(text.split()).lower()
+
+
+class FastSimpleTokenizer:
+    """open_clip's `SimpleTokenizer` with the same ids, without the per-text work that changes nothing.
+
+    `SimpleTokenizer` cleans every text with ftfy.fix_text and html.unescape twice (a third of its time), then
+    BPE-encodes each word through several Python layers and fills the output row by row with torch ops. For
+    printable ASCII without '&' the cleaning is the identity up to surrounding whitespace (ftfy returns ASCII
+    text as it is, unescape only acts on '&'), so such texts skip it and are split into words by an ASCII
+    spelling of open_clip's word pattern (`re` is twice as fast as `regex` with Unicode classes); any other text
+    gets open_clip's own cleaning and pattern. Word -> ids is remembered; the rows are filled in numpy.
+    tests/test_loader_speed.py checks the ids against open_clip's over tricky texts."""
+
+    def __init__(self, base: Any, max_words: int = 200_000) -> None:
+        from open_clip import tokenizer as oc
+
+        # What each open_clip clean type leaves of a text whose basic_clean is only .strip(); module-level
+        # functions, so the tokenizer still pickles into spawned DataLoader workers.
+        plain = {"lower": _whitespace_lower, "whitespace": oc.whitespace_clean, "canonicalize": oc.canonicalize_text}
+        self.plain_clean = next((f for k, f in plain.items() if base.clean_fn is oc.get_clean_fn(k)), None)
+        self.plain_words = base.pat
+        pattern = base.pat.pattern
+        ascii_classes = ((r"[^\s\p{L}\p{N}]+", r"[^\sa-zA-Z0-9]+"), (r"[\p{L}]+", "[a-zA-Z]+"), (r"[\p{N}]", "[0-9]"))
+        if all(u in pattern for u, _ in ascii_classes):  # on ASCII, \p{L} is [a-zA-Z] and \p{N} is [0-9]
+            for unicode_class, ascii_class in ascii_classes:
+                pattern = pattern.replace(unicode_class, ascii_class)
+            self.plain_words = re.compile(pattern, re.IGNORECASE | re.ASCII)
+        self.base, self.max_words = base, max_words
+        self.words: dict[str, list[int]] = {}
+
+    def encode(self, text: str) -> list[int]:
+        """BPE ids of `text` without start/end tokens, as `SimpleTokenizer.encode`."""
+        base = self.base
+        if self.plain_clean is not None and text.isascii() and text.isprintable() and "&" not in text:
+            words = self.plain_words.findall(self.plain_clean(text))
+        else:
+            words = base.pat.findall(base.clean_fn(text))
+        ids: list[int] = []
+        for word in words:
+            got = self.words.get(word)
+            if got is None:
+                if len(self.words) >= self.max_words:
+                    self.words.clear()
+                merged = base.bpe("".join(base.byte_encoder[b] for b in word.encode("utf-8")))
+                got = self.words[word] = [base.encoder[t] for t in merged.split(" ")]
+            ids += got
+        return ids
+
+    def __call__(self, texts: str | list[str], context_length: int | None = None) -> torch.Tensor:
+        texts = [texts] if isinstance(texts, str) else texts
+        length = context_length or self.base.context_length
+        if not length:
+            raise ValueError("a context length is needed (the tokenizer has none)")
+        sot, eot = self.base.sot_token_id, self.base.eot_token_id
+        out = np.zeros((len(texts), length), dtype=np.int64)
+        for i, text in enumerate(texts):
+            ids = [sot, *self.encode(text), eot]
+            if len(ids) > length:  # truncate, keeping the end token, as open_clip does
+                ids = ids[:length]
+                ids[-1] = eot
+            out[i, : len(ids)] = ids
+        return torch.from_numpy(out)
+
+
+def fast_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
+    """`FastSimpleTokenizer` over open_clip's plain `SimpleTokenizer`; any other tokenizer as it is."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    if type(tokenizer) is SimpleTokenizer and tokenizer.reduction_fn is None:
+        return FastSimpleTokenizer(tokenizer)
+    return tokenizer
+
+
 # --------------------------------------------------------------------------- batches
 class CachedTokenizer:
     """A tokenizer that remembers the rows of texts it has seen (the newest `max_entries`).
 
-    open_clip's tokenizer (ftfy + BPE in Python) is the slowest step of a batch, and texts recur: argument
-    phrases across samples, and a sample's descriptions and negatives on every later visit."""
+    Tokenising (BPE in Python) is a large share of a batch's cost, and texts recur: argument phrases across
+    samples, and a sample's descriptions and negatives on every later visit. open_clip's plain BPE tokenizer is
+    replaced by `FastSimpleTokenizer` (same ids) for the texts that are new."""
 
     def __init__(self, tokenizer: Tokenizer, max_entries: int = 50_000) -> None:
-        self.tokenizer, self.max_entries = tokenizer, max_entries
+        self.tokenizer, self.max_entries = fast_tokenizer(tokenizer), max_entries
         self.rows: dict[str, torch.Tensor] = {}
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
@@ -217,19 +334,20 @@ class CachedTokenizer:
 
 
 def collate(examples: list[dict[str, Any]], tokenizer: Tokenizer, sizes: dict[str, int]) -> dict[str, Any]:
-    """Stack examples into the batch contract; each distinct text is tokenised once per batch."""
+    """Stack examples into the batch contract; each distinct text is tokenised once per batch. Filled in numpy
+    (element writes into torch tensors cost microseconds each) and handed to torch without a copy."""
     b, p, k, r, n, kn = (len(examples), sizes["P"], sizes["K"], sizes["R"], sizes["N"], sizes["Kn"])
     texts: dict[str, int] = {}
 
     def ref(text: str) -> int:
         return texts.setdefault(text, len(texts))
 
-    pos, neg, arg = (torch.full((b, m), -1, dtype=torch.long) for m in (p, k, n))
-    neg_arg = torch.full((b, kn, n), -1, dtype=torch.long)
-    neg_kinds, neg_arg_kinds = torch.full((b, k), -1), torch.full((b, kn), -1)
-    boxes, arg_boxes = torch.zeros(b, r, 4), torch.zeros(b, n, 4)
-    box_mask, arg_box_mask = torch.zeros(b, r, dtype=torch.bool), torch.zeros(b, n, dtype=torch.bool)
-    arg_region = torch.full((b, n), -1)
+    pos, neg, arg = (np.full((b, m), -1, dtype=np.int64) for m in (p, k, n))
+    neg_arg = np.full((b, kn, n), -1, dtype=np.int64)
+    neg_kinds, neg_arg_kinds = np.full((b, k), -1, dtype=np.int64), np.full((b, kn), -1, dtype=np.int64)
+    boxes, arg_boxes = np.zeros((b, r, 4), dtype=np.float32), np.zeros((b, n, 4), dtype=np.float32)
+    box_mask, arg_box_mask = np.zeros((b, r), dtype=bool), np.zeros((b, n), dtype=bool)
+    arg_region = np.full((b, n), -1, dtype=np.int64)
     for i, ex in enumerate(examples):
         for j, t in enumerate(ex["pos"]):
             if t:
@@ -237,29 +355,32 @@ def collate(examples: list[dict[str, Any]], tokenizer: Tokenizer, sizes: dict[st
         for j, (t, kind) in enumerate(ex["neg"]):
             neg[i, j], neg_kinds[i, j] = ref(t), kind
         if ex["boxes"]:
-            boxes[i, : len(ex["boxes"])], box_mask[i, : len(ex["boxes"])] = torch.tensor(ex["boxes"]), True
+            boxes[i, : len(ex["boxes"])], box_mask[i, : len(ex["boxes"])] = ex["boxes"], True
         for j, t in enumerate(ex["args"]):
             arg[i, j], arg_region[i, j] = ref(t), ex["arg_region"][j]
             if ex["arg_boxes"][j] is not None:
-                arg_boxes[i, j], arg_box_mask[i, j] = torch.tensor(ex["arg_boxes"][j]), True
+                arg_boxes[i, j], arg_box_mask[i, j] = ex["arg_boxes"][j], True
         for j, (ts, kind) in enumerate(ex["neg_args"]):
             neg_arg_kinds[i, j] = kind
             for m, t in enumerate(ts):
                 neg_arg[i, j, m] = ref(t)
     tokens = tokenizer(list(texts) or [""])
     table = torch.cat([tokens.new_zeros(1, tokens.shape[-1]), tokens])  # row 0: all-zero padding
+    as_torch = torch.from_numpy  # shares the numpy memory: no copy
 
-    def gather(idx: torch.Tensor) -> torch.Tensor:
-        return table[idx + 1]
+    def gather(idx: np.ndarray) -> torch.Tensor:
+        return table[as_torch(idx + 1)]
 
     return {
-        "images": torch.from_numpy(np.stack([ex["image"] for ex in examples])),
-        "pos_tokens": gather(pos), "pos_mask": pos >= 0,
-        "neg_tokens": gather(neg), "neg_mask": neg >= 0, "neg_kinds": neg_kinds,
-        "boxes": boxes, "box_mask": box_mask, "box_labels": [ex["box_labels"] for ex in examples],
+        "images": as_torch(np.stack([ex["image"] for ex in examples])),
+        "pos_tokens": gather(pos), "pos_mask": as_torch(pos >= 0),
+        "neg_tokens": gather(neg), "neg_mask": as_torch(neg >= 0), "neg_kinds": as_torch(neg_kinds),
+        "boxes": as_torch(boxes), "box_mask": as_torch(box_mask), "box_labels": [ex["box_labels"] for ex in examples],
         "event_type": torch.tensor([ex["event_type"] for ex in examples], dtype=torch.long),
-        "arg_tokens": gather(arg), "arg_mask": arg >= 0,
-        "arg_boxes": arg_boxes, "arg_box_mask": arg_box_mask, "arg_region": arg_region,
-        "neg_arg_tokens": gather(neg_arg), "neg_arg_mask": neg_arg_kinds >= 0, "neg_arg_kinds": neg_arg_kinds,
+        "arg_tokens": gather(arg), "arg_mask": as_torch(arg >= 0),
+        "arg_boxes": as_torch(arg_boxes), "arg_box_mask": as_torch(arg_box_mask),
+        "arg_region": as_torch(arg_region),
+        "neg_arg_tokens": gather(neg_arg), "neg_arg_mask": as_torch(neg_arg_kinds >= 0),
+        "neg_arg_kinds": as_torch(neg_arg_kinds),
         "keys": [ex["key"] for ex in examples],
     }

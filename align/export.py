@@ -187,6 +187,7 @@ def _texts(sample: Sample, negatives: bool) -> list[dict[str, Any]]:
 
 def export_shard(url: str, out: str, part: str, dtype: str, batch_size: int, negatives: bool) -> dict[str, Any]:
     """Embed one shard into DIR/PART.*; returns the part's manifest entry."""
+    from align.batch import ImageError
     from align.inference import encode_images, encode_texts, load_image
 
     module = _WORKER["module"]
@@ -198,8 +199,8 @@ def export_shard(url: str, out: str, part: str, dtype: str, batch_size: int, neg
     for sample, data in _samples(url, counts):
         try:
             x, _ = load_image(data, spec)
-        except ValueError as e:
-            _skip(counts, "image_too_large" if "pixels" in str(e) else "bad_image", url, sample.key, str(e))
+        except ImageError as e:
+            _skip(counts, e.reason, url, sample.key, str(e))
             continue
         images.append(x)
         image_rows.append({"key": sample.key, "width": sample.width, "height": sample.height,

@@ -11,15 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
+from align.batch import ImageDecoder, ImageError
 from align.data import CLIP_MEAN, CLIP_STD
 from align.losses import ContrastiveLossConfig
 from align.module import EvalConfig, EventAlignModule, LossWeights, OptimConfig, OTConfig
@@ -94,23 +92,17 @@ def image_spec(ckpt: dict[str, Any], module: EventAlignModule) -> ImageSpec:
 
 def load_image(source: str | Path | bytes, spec: ImageSpec,
                max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[Tensor, tuple[int, int]]:
-    """(3, S, S) normalised tensor and the original (width, height). Errors name the file and what is wrong."""
+    """(3, S, S) normalised tensor and the original (width, height), decoded by the training loader's own
+    `ImageDecoder`. Errors name the file: FileNotFoundError, or ValueError (an `ImageError`, whose `reason` is the
+    loader's skip counter key) for an image that is too large or cannot be decoded."""
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
-        with Image.open(BytesIO(source) if isinstance(source, bytes) else source) as im:
-            if im.width * im.height > max_pixels:
-                raise ValueError(f"{name}: image is {im.width}x{im.height}, more than {max_pixels} pixels")
-            size = (im.width, im.height)
-            im.draft("RGB", (spec.size, spec.size))
-            rgb = im.convert("RGB").resize((spec.size, spec.size), Image.Resampling.BICUBIC)
+        x, size = ImageDecoder(spec.size, spec.mean, spec.std, max_pixels)(source)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{name}: image not found") from e
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"{name}: {e}") from e
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from e
-    x = (np.asarray(rgb, dtype=np.float32) / 255.0 - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), size
+    except ImageError as e:
+        raise ImageError(e.reason, f"{name}: {e}") from e
+    return torch.from_numpy(x), size
 
 
 def scale_boxes(boxes: Tensor, size: tuple[int, int], side: int, inverse: bool = False) -> Tensor:

@@ -1,13 +1,16 @@
 """Data loading throughput: `EventDataModule` over shards vs a plain PyTorch DataLoader reading the same JPEGs with PIL.
 
 Usage: python benchmarks/perf_loader.py [--json] [--quick] [--samples 1600] [--workers 0 1 2] [--rounds 3]
-       [--shards 'shards/eventworld/train-*.tar']
+       [--shards 'shards/eventworld/train-*.tar'] [--copied-headers]
 
 The first `--samples` EventWorld training records are written as JPEG files + a CSV (the `long` description as the
-caption) and as one shard of the same records (`perf_train.extract_eventworld`). The plain loader is what a user
-would write for CLIP training: a map-style Dataset that opens each JPEG with PIL, converts to RGB, resizes to the
-model size (bicubic, no crop, as ours), applies torchvision `ToTensor` + `Normalize` (CLIP mean/std) and tokenises
-the caption with the same open_clip tokenizer; `DataLoader(batch_size, shuffle=True, drop_last=True)`. Ours is
+caption) and as one shard of the same records (`perf_train.extract_eventworld`), which is then rewritten by
+`data_gen.shards.write_shard` so its tar headers are the ones `data-gen` writes now (no PAX header per member;
+shards written before that change, such as `shards/eventworld`, have one: `--copied-headers` keeps them, to measure
+such shards). The plain loader is what a user would write for CLIP training: a map-style Dataset that opens each
+JPEG with PIL, converts to RGB, resizes to the model size (bicubic, no crop, as ours), applies torchvision `ToTensor`
++ `Normalize` (CLIP mean/std) and tokenises the caption with the same open_clip tokenizer;
+`DataLoader(batch_size, shuffle=True, drop_last=True)`. Ours is
 `EventDataModule.train_dataloader()` with the demo config's data settings (configs/demo.yaml: `long` positive, 4
 template hard negatives, 12 regions, 4 arguments, 1 corrupted structure per sample), so it also parses the JSON
 record, picks negatives and argument structures and tokenises all their texts.
@@ -28,6 +31,7 @@ import json
 import os
 import statistics
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterable
@@ -76,10 +80,21 @@ def _steady_sps(batches: Iterable[Any], batch_size: int) -> tuple[float, float]:
     return samples / (time.perf_counter() - t_first), samples / (time.process_time() - c_first)
 
 
+def rewrite_shard(path: Path) -> None:
+    """Rewrite a shard's records, in order, through `data_gen.shards.write_shard` (the tar headers data-gen writes)."""
+    from align.schema import IMAGE_EXT, RECORD_EXT, Sample
+    from data_gen.shards import write_shard
+
+    with tarfile.open(path) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+    keys = dict.fromkeys(name.partition(".")[0] for name in members)
+    write_shard(path, [Sample.from_json(members[f"{k}.{RECORD_EXT}"], image=members[f"{k}.{IMAGE_EXT}"]) for k in keys])
+
+
 def bench(shards: list[str], samples: int = 1600, workers: tuple[int, ...] = (0, 1, 2), rounds: int = 3,
-          config: str = "tiny", batch: int | None = None) -> dict[str, Any]:
+          config: str = "tiny", batch: int | None = None, copied_headers: bool = False) -> dict[str, Any]:
     """{"plain_sps", "ours_sps"} per worker count, the best of each, `ratio` and the run settings; `batch`
-    overrides the config's batch size."""
+    overrides the config's batch size; `copied_headers` keeps the source shards' tar headers."""
     import open_clip
     import yaml
 
@@ -96,6 +111,8 @@ def bench(shards: list[str], samples: int = 1600, workers: tuple[int, ...] = (0,
     ours_sps: dict[int, list[tuple[float, float]]] = {w: [] for w in workers}
     with tempfile.TemporaryDirectory(prefix="perf_loader-") as tmp:
         data = extract_eventworld(shards, Path(tmp), samples)
+        if not copied_headers:
+            rewrite_shard(data["shard"])
         plain_ds = PlainCaptions(data["csv"], cfg["image_size"], tokenizer)
         for _ in range(rounds):
             for w in workers:
@@ -113,6 +130,7 @@ def bench(shards: list[str], samples: int = 1600, workers: tuple[int, ...] = (0,
         "ratio_per_workers": {w: ours[w] / plain[w] for w in plain},
         **(_cpu_figures(plain_sps[0], ours_sps[0]) if 0 in workers else {}),
         "settings": {"samples": samples, "batch": cfg["batch"], "image_size": cfg["image_size"], "rounds": rounds,
+                     "shard_headers": "copied" if copied_headers else "write_shard",
                      "load_average": list(os.getloadavg()), "cpus": os.cpu_count()},
     }
 
@@ -126,7 +144,7 @@ def _cpu_figures(plain: list[tuple[float, float]], ours: list[tuple[float, float
 def table(res: dict[str, Any]) -> str:
     s = res["settings"]
     lines = [f"{s['samples']} samples, batch {s['batch']}, {s['image_size']} px, {s['rounds']} interleaved rounds, "
-             f"load average {s['load_average'][0]:.2f}",
+             f"shard tar headers {s['shard_headers']}, load average {s['load_average'][0]:.2f}",
              "| workers | plain DataLoader + PIL (samples/s) | EventDataModule (samples/s) | ours / plain |",
              "|---|---|---|---|"]
     for w in res["plain_sps"]:
@@ -148,11 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shards", default=str(REPO / "shards" / "eventworld" / "train-*.tar"))
+    parser.add_argument("--copied-headers", action="store_true",
+                        help="keep the source shards' tar headers instead of rewriting the shard with write_shard")
     opts = parser.parse_args(argv)
     from align.data import expand_shards
 
     res = bench(expand_shards(opts.shards, "--shards"), samples=320 if opts.quick else opts.samples,
-                workers=tuple(opts.workers), rounds=1 if opts.quick else opts.rounds)
+                workers=tuple(opts.workers), rounds=1 if opts.quick else opts.rounds,
+                copied_headers=opts.copied_headers)
     print(json.dumps(res) if opts.json else table(res))
     return 0
 
