@@ -6,7 +6,7 @@
 
 Every checkpoint carries the resolved config and the library version; `last.ckpt` and the best (by
 `val/loss`) are written every `checkpoint.every_n_train_steps` steps, so `--ckpt_path last` resumes
-the global step, optimizer and scheduler after a crash.
+the global step, optimizer, scheduler and the position in the training data after a crash.
 """
 
 from __future__ import annotations

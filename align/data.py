@@ -25,28 +25,44 @@ N = max_arguments, Kn = num_arg_negatives, L = tokenizer context length, H = W =
   ``changed``: {"role": R, "new"|"to": T}, {R: [old, new]}, or either under "arguments") into that role.
   Kinds alternate; a sample with no candidates gets masked slots.
 * ``keys`` list[str]: the record keys.
+* ``position`` dict (training batches only; `EventDataModule` takes it off before the LightningModule sees the
+  batch): ``epoch``, ``worker`` and, for that worker's stream, the ``records`` read and ``batches`` made so far.
 
 Training streams are resampled (shards drawn with replacement; equal batch counts per rank: ``samples_per_epoch``
 is split over ranks and then workers, the role `with_epoch` plays in plain webdataset) and shuffled, seeded by
 (seed, rank, worker, epoch). Validation and test read every shard once, split over ranks and workers, unshuffled;
 their lengths come from ``manifest.json``/``sizes.json`` beside the shards when present. Ranks may then get
-different batch counts, so keep collective ops out of validation steps. Corrupt samples are skipped, logged with
-shard URL and key, and counted per reason in ``EventDataModule.skipped`` (``tar``, ``missing_member``, ``bad_image``,
-``image_too_large``, ``bad_json``, ``schema``, ``error``); a worker's counts arrive with its next batch.
+different batch counts, so keep collective ops out of validation steps. When whole shards would leave a rank
+without data (one val shard, 8 GPUs), every rank reads all shards and keeps every world-size-th record of each,
+decoding only those; fewer samples than ranks is refused, as an idle rank would hang the others' epoch-end sync.
+Corrupt samples are skipped, logged with shard URL and key, and counted per reason in ``EventDataModule.skipped``
+(``tar``, ``missing_member``, ``bad_image``, ``image_too_large``, ``bad_json``, ``schema``, ``error``); a worker's
+counts arrive with its next batch.
+
+Resuming (``--ckpt_path``) continues each training stream where the checkpoint left it instead of replaying the
+epoch. `EventDataModule.state_dict` keeps, per rank, each worker's position after the last batch that reached a
+training step (prefetched batches do not count). On resume a worker rebuilds its seeded stream, reads past the
+records it had consumed without decoding them, and its cap counts the batches it made before, so the loader ends
+the epoch when Lightning does; DataLoader worker j plays stream (j + s) mod W, s being the one after the last
+trained on, so the workers' round robin goes on in order. The batches after the checkpoint are those of an
+uninterrupted run, in the same order, for any number of workers (0 and 1 make the same stream) and ranks. Changed
+stream settings (ranks, workers, batch size, seed, shards, weights, epoch size, shuffle buffer, resampling) restart
+the epoch, with a warning; ``skipped`` counts this process's skips only.
 """
 
 from __future__ import annotations
 
-import glob
+import copy
+import hashlib
 import json
 import logging
 import math
 import os
 import random
+import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from itertools import count, islice
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from itertools import chain, count, islice
 from typing import Any
 
 import lightning as L
@@ -57,72 +73,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from align.batch import CachedTokenizer, SampleEncoder, Skip, Tokenizer, collate, make_seed
 from align.ontology import Ontology
 from align.schema import DESCRIPTION_KINDS, NEGATIVE_KINDS
+from align.shardlist import expand_shards, rank_without_shards, shard_sizes
 
 log = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-MANIFEST_NAMES = ("manifest.json", "sizes.json")
 MAX_CONSECUTIVE_TAR_ERRORS = 100
-
-
-# --------------------------------------------------------------------------- shard lists and manifests
-def expand_shards(pattern: str, what: str) -> list[str]:
-    """Expand a brace pattern (or a local glob such as `dir/train-*.tar`); local files must exist, so a typo
-    fails now rather than looping in a worker."""
-    urls = []
-    for url in wds.shardlists.expand_urls(pattern):
-        urls += sorted(glob.glob(url)) if _is_local(url) and glob.has_magic(url) else [url]
-    if not urls:
-        raise ValueError(f"{what}: pattern {pattern!r} matches no shards")
-    missing = [u for u in urls if _is_local(u) and not os.path.isfile(u)]
-    if missing:
-        raise FileNotFoundError(f"{what}: {len(missing)} of {len(urls)} shards of {pattern!r} not found, "
-                                f"e.g. {missing[:3]}")
-    return urls
-
-
-def _is_local(url: str) -> bool:
-    return "://" not in url and not url.startswith("pipe:")
-
-
-def shard_sizes(urls: Sequence[str]) -> dict[str, int]:
-    """Samples per shard from a manifest beside the shards: {"shards": [{"name", "num_samples"}]} or {name: n}."""
-    by_dir: dict[str, dict[str, int]] = {}
-    sizes = {}
-    for url in urls:
-        if not _is_local(url):
-            continue
-        folder = os.path.dirname(url)
-        if folder not in by_dir:
-            by_dir[folder] = _read_manifest(Path(folder or "."))
-        n = by_dir[folder].get(os.path.basename(url))
-        if n is not None:
-            sizes[url] = n
-    return sizes
-
-
-def _read_manifest(folder: Path) -> dict[str, int]:
-    for name in MANIFEST_NAMES:
-        path = folder / name
-        if not path.is_file():
-            continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            log.warning("ignoring unreadable shard manifest %s: %s", path, e)
-            continue
-        entries = data.get("shards") if isinstance(data, dict) else None
-        if isinstance(entries, list):
-            pairs = [(e.get("name"), e.get("num_samples")) for e in entries if isinstance(e, dict)]
-        else:
-            pairs = list(data.items()) if isinstance(data, dict) else []
-        out = {os.path.basename(k): v for k, v in pairs
-               if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0}
-        if out:
-            return out
-        log.warning("shard manifest %s lists no shard sizes", path)
-    return {}
 
 
 def _mix(streams: list[Iterator[dict]], weights: list[float], rng: random.Random) -> Iterator[dict]:
@@ -137,21 +94,30 @@ def _mix(streams: list[Iterator[dict]], weights: list[float], rng: random.Random
 
 
 class ShardStream(IterableDataset):
-    """Batches from one or more shard sources; `epoch` is set by the loader in the main process each epoch."""
+    """Batches from one or more shard sources; `epoch` (and, when resuming, `resume`) are set by the loader in the
+    main process before its workers start."""
 
     def __init__(self, sources: list[list[str]], weights: list[float], encoder: SampleEncoder, tokenizer: Tokenizer,
                  batch_size: int, sizes: dict[str, int], *, train: bool, resampled: bool, shuffle_buffer: int,
                  seed: int, rank: int, world_size: int, num_workers: int, batches_per_rank: int | None,
-                 shard_counts: dict[str, int]) -> None:
+                 shard_counts: dict[str, int], split_samples: bool) -> None:
         super().__init__()
         self.sources, self.weights, self.encoder, self.tokenizer = sources, weights, encoder, tokenizer
         self.batch_size, self.sizes, self.train, self.resampled = batch_size, sizes, train, resampled
         self.shuffle_buffer, self.seed, self.rank, self.world_size = shuffle_buffer, seed, rank, world_size
         self.num_workers, self.batches_per_rank, self.shard_counts = max(1, num_workers), batches_per_rank, shard_counts
-        self.epoch, self._iters, self._round, self.pending, self._tar_errors = 0, 0, 0, Counter(), 0
+        self.split_samples = split_samples
+        self.epoch, self._round, self.pending, self._tar_errors = 0, 0, Counter(), 0
+        self.resume: dict[str, Any] | None = None  # a rank position from `EventDataModule.state_dict`
 
     def _worker_shards(self, urls: list[str], worker: int) -> list[str]:
-        return urls[self.rank:: self.world_size][worker:: self.num_workers]
+        mine = urls if self.split_samples else urls[self.rank:: self.world_size]
+        return mine[worker:: self.num_workers]
+
+    def _rank_count(self, url: str) -> int:
+        """Records of a shard that this rank decodes."""
+        n = self.shard_counts[url]
+        return len(range(self.rank, n, self.world_size)) if self.split_samples else n
 
     def _cap(self, worker: int) -> int | None:
         """Batches this worker may yield: the rank's quota spread over workers, the same on every rank."""
@@ -168,7 +134,7 @@ class ShardStream(IterableDataset):
             shards = [u for urls in self.sources for u in self._worker_shards(urls, w)]
             if any(u not in self.shard_counts for u in shards):
                 raise TypeError("shard sizes unknown (no manifest.json/sizes.json beside the shards)")
-            n = sum(self.shard_counts[u] for u in shards)
+            n = sum(self._rank_count(u) for u in shards)
             batches = n // self.batch_size if self.train else math.ceil(n / self.batch_size)
             cap = self._cap(w)
             total += min(batches, cap) if cap is not None else batches
@@ -176,28 +142,30 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        worker = info.id if info is not None else 0
-        self._iters += 1  # advances per epoch inside persistent workers, where `epoch` is frozen
-        self._round = make_seed(self.epoch, self._iters)
+        resume = self.resume or {}
+        # the stream this process plays; a resumed epoch starts at the stream after the last one trained on
+        worker = ((info.id if info is not None else 0) + resume.get("next_worker", 0)) % self.num_workers
+        self._round = make_seed(self.epoch, 1)  # 1: what worker processes always used, so older runs keep streams
         rng = random.Random(make_seed(self.seed, self.rank, worker, self._round))
-        streams = [self._samples(urls, rng) for urls in self.sources]
+        streams = [self._samples(urls, rng, worker) for urls in self.sources]
         samples = _mix(streams, self.weights, rng) if len(streams) > 1 else streams[0]
         if self.train and self.shuffle_buffer > 1:
             samples = wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)(samples)
-        batches = self._batches(samples)
-        cap = self._cap(worker)
-        return islice(batches, cap) if cap is not None else batches
+        records, made = resume["workers"][worker] if resume else (0, 0)
+        batches, cap = self._batches(samples, worker, records, made), self._cap(worker)
+        return islice(batches, max(0, cap - made)) if cap is not None else batches
 
-    def _samples(self, urls: list[str], rng: random.Random) -> Iterator[dict]:
+    def _samples(self, urls: list[str], rng: random.Random, worker: int) -> Iterator[dict]:
+        read = wds.tarfile_to_samples(handler=self._tar_error)
         if self.resampled:
-            shards: Iterator[dict] = ({"url": rng.choice(urls)} for _ in count())
-        else:
-            # split_by_worker after a rank slice: each shard goes to exactly one (rank, worker).
-            mine = list(wds.split_by_worker(urls[self.rank:: self.world_size]))
-            if self.train:
-                rng.shuffle(mine)
-            shards = ({"url": u} for u in mine)
-        return iter(wds.tarfile_to_samples(handler=self._tar_error)(shards))
+            return iter(read({"url": rng.choice(urls)} for _ in count()))
+        # each shard goes to exactly one (rank, worker); or, splitting samples, each record to one rank
+        mine = self._worker_shards(urls, worker)
+        if self.train:
+            rng.shuffle(mine)
+        if not self.split_samples:
+            return iter(read({"url": u} for u in mine))
+        return chain.from_iterable(islice(read([{"url": u}]), self.rank, None, self.world_size) for u in mine)
 
     def _tar_error(self, exn: Exception) -> bool:
         """webdataset handler: log, count and go on; stop only when shards keep failing with nothing read."""
@@ -208,9 +176,16 @@ class ShardStream(IterableDataset):
             raise RuntimeError(f"{self._tar_errors} shard errors in a row without one readable sample; last: {exn}")
         return True
 
-    def _batches(self, samples: Iterator[dict]) -> Iterator[dict[str, Any]]:
+    def _batches(self, samples: Iterator[dict], worker: int, records: int, made: int) -> Iterator[dict[str, Any]]:
+        """Encode and collate, after reading past the `records` a resumed epoch had consumed (undecoded)."""
+        if records:
+            pending = self.pending.copy()
+            for _ in islice(samples, records):
+                self._tar_errors = 0
+            self.pending = pending  # shard errors met again while reading past were counted before the checkpoint
         buf: list[dict[str, Any]] = []
         for raw in samples:
+            records += 1
             self._tar_errors = 0
             try:
                 buf.append(self.encoder(raw, self._round if self.train else None))
@@ -219,18 +194,21 @@ class ShardStream(IterableDataset):
             except Exception as e:  # a record that breaks the encoder must not end a long run
                 self._skip("error", raw, f"{type(e).__name__}: {e}")
             if len(buf) == self.batch_size:
-                yield self._collate(buf)
+                made += 1
+                yield self._collate(buf, {"epoch": self.epoch, "worker": worker, "records": records, "batches": made})
                 buf = []
         if buf and not self.train:
-            yield self._collate(buf)
+            yield self._collate(buf, None)
 
     def _skip(self, reason: str, raw: dict, detail: str) -> None:
         self.pending[reason] += 1
         log.warning("skipping sample %r of %s (%s): %s", raw.get("__key__"), raw.get("__url__"), reason, detail)
 
-    def _collate(self, buf: list[dict[str, Any]]) -> dict[str, Any]:
+    def _collate(self, buf: list[dict[str, Any]], position: dict[str, int] | None) -> dict[str, Any]:
         batch = collate(buf, self.tokenizer, self.sizes)
         batch["skipped"] = self.take_pending()
+        if self.train:  # train streams are the ones a resume continues
+            batch["position"] = position
         return batch
 
     def take_pending(self) -> dict[str, int]:
@@ -240,17 +218,24 @@ class ShardStream(IterableDataset):
 
 
 class _Loader(DataLoader):
-    """DataLoader that tells its stream the epoch before workers start and gathers skip counts from batches."""
+    """DataLoader that tells its stream the epoch (and a position to resume from) before workers start and gathers
+    skip counts from batches."""
 
     def __init__(self, dataset: ShardStream, num_workers: int, epoch_of: Callable[[int], int],
-                 on_skipped: Callable[[dict[str, int]], None]) -> None:
+                 on_skipped: Callable[[dict[str, int]], None],
+                 resume_of: Callable[[int], dict[str, Any] | None]) -> None:
         super().__init__(dataset, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
-        self._calls, self._epoch_of, self._on_skipped = 0, epoch_of, on_skipped
+        self._calls, self._epoch_of, self._on_skipped, self._resume_of = 0, epoch_of, on_skipped, resume_of
 
     def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
-        self.dataset.epoch = self._epoch_of(self._calls)
+        epoch = self._epoch_of(self._calls)
         self._calls += 1
-        for batch in super().__iter__():
+        self.dataset.epoch, self.dataset.resume = epoch, self._resume_of(epoch) if self.dataset.train else None
+        try:
+            batches = super().__iter__()  # the workers start here, each with a copy of the stream as it is now
+        finally:
+            self.dataset.resume = None
+        for batch in batches:
             self._on_skipped(batch.pop("skipped", {}))
             yield batch
         self._on_skipped(self.dataset.take_pending())  # leftovers when num_workers == 0
@@ -336,6 +321,9 @@ class EventDataModule(L.LightningDataModule):
         self.tokenizer: Tokenizer | None = None
         self.skipped: Counter[str] = Counter()
         self._ontology: Ontology | None = None
+        self._stream_key: dict[str, Any] | None = None  # what fixes the training streams (see `state_dict`)
+        self._position: dict[str, Any] | None = None  # this rank's position: batches trained on in the epoch
+        self._resume: dict[str, Any] | None = None  # a loaded checkpoint's state, until its epoch starts
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -374,6 +362,34 @@ class EventDataModule(L.LightningDataModule):
     def _record_skipped(self, counts: dict[str, int]) -> None:
         self.skipped.update(counts)
 
+    def _advance(self, position: dict[str, int]) -> None:
+        """A training batch went to a step: its worker's stream stands at `position`."""
+        workers = self._stream_key["num_workers"]
+        p = self._position
+        if p is None or p["epoch"] != position["epoch"]:
+            p = self._position = {"epoch": position["epoch"], "next_worker": 0,
+                                  "workers": [[0, 0] for _ in range(workers)]}
+        p["workers"][position["worker"]] = [position["records"], position["batches"]]
+        p["next_worker"] = (position["worker"] + 1) % workers
+
+    def _resume_of(self, epoch: int) -> dict[str, Any] | None:
+        """This rank's position in `epoch` from a loaded checkpoint, handed out once; None when there is none, it
+        belongs to another epoch, or the stream settings changed (the epoch then starts from its first batch)."""
+        state, self._resume = self._resume, None
+        if state is None:
+            return None
+        saved, now = state["stream"], self._stream_key or {}
+        if saved != now:
+            changed = sorted(k for k in {**saved, **now} if saved.get(k) != now.get(k))
+            log.warning("train data position not restored: %s changed since the checkpoint, so epoch %d starts "
+                        "from its first batch", ", ".join(changed), epoch)
+            return None
+        position = state["positions"][self._rank_world()[0]]
+        if position is None or position["epoch"] != epoch:
+            return None
+        self._position = copy.deepcopy(position)  # workers that yield nothing more keep their place
+        return position
+
     def _loader(self, patterns: list[str] | str, what: str, *, train: bool) -> _Loader:
         h = self.hparams
         patterns = [patterns] if isinstance(patterns, str) else list(patterns)
@@ -384,6 +400,11 @@ class EventDataModule(L.LightningDataModule):
         counts = shard_sizes([u for urls in sources for u in urls])
         rank, world = self._rank_world()
         resampled = train and h.resampled
+        split_samples = not resampled and world > 1 and rank_without_shards(sources, counts, world)
+        if split_samples and all(u in counts for urls in sources for u in urls) and sum(counts.values()) < world:
+            raise ValueError(f"{what}: {sum(counts.values())} samples cannot give each of {world} ranks one; a rank "
+                             "without batches would leave the others waiting at the epoch-end sync. Use more "
+                             f"{what} samples or fewer devices")
         per_rank = None
         if train and (resampled or h.samples_per_epoch):
             total = h.samples_per_epoch
@@ -404,8 +425,13 @@ class EventDataModule(L.LightningDataModule):
         stream = ShardStream(
             sources, weights, encoder, tokenizer, h.batch_size, sizes, train=train, resampled=resampled,
             shuffle_buffer=h.shuffle_buffer, seed=h.seed, rank=rank, world_size=world, num_workers=h.num_workers,
-            batches_per_rank=per_rank, shard_counts=counts)
-        return _Loader(stream, h.num_workers, self._epoch_of, self._record_skipped)
+            batches_per_rank=per_rank, shard_counts=counts, split_samples=split_samples)
+        if train:
+            self._stream_key = {
+                "world_size": world, "num_workers": stream.num_workers, "batch_size": h.batch_size, "seed": h.seed,
+                "resampled": resampled, "batches_per_rank": per_rank, "shuffle_buffer": h.shuffle_buffer,
+                "weights": weights, "shards": hashlib.sha256(json.dumps(sources).encode()).hexdigest()}
+        return _Loader(stream, h.num_workers, self._epoch_of, self._record_skipped, self._resume_of)
 
     # ------------------------------------------------------------------ Lightning hooks
     def train_dataloader(self) -> _Loader:
@@ -418,3 +444,30 @@ class EventDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> _Loader | list:
         return self._loader(self.hparams.test, "test", train=False) if self.hparams.test else []
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Take a training batch's stream position off as it goes to its step (prefetched batches do not count)."""
+        position = batch.pop("position", None) if isinstance(batch, dict) else None
+        if position is not None:
+            self._advance(position)
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every rank's training stream position (Lightning stores it in checkpoints; under DDP all ranks call this,
+        and the positions are gathered); empty when no training stream was made."""
+        if self._stream_key is None:
+            return {}
+        positions = [self._position]
+        if self._stream_key["world_size"] > 1:
+            positions = [None] * self._stream_key["world_size"]
+            torch.distributed.all_gather_object(positions, self._position)
+        return {"stream": self._stream_key, "positions": positions}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep a checkpoint's positions until the training epoch they belong to starts (see `_resume_of`)."""
+        if not state_dict:
+            return
+        self._resume = state_dict
+        # Lightning warns that a mid-epoch resume replays data unless the loader itself is stateful; this one is not
+        # stateful but does not replay, so the warning would mislead
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")

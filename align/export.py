@@ -39,8 +39,8 @@ import webdataset as wds
 
 from align import __version__
 from align.atomic import TMP_PREFIX, atomic_open, atomic_write_text
-from align.data import expand_shards
 from align.schema import IMAGE_EXT, RECORD_EXT, Sample, SchemaError
+from align.shardlist import expand_shards
 
 log = logging.getLogger(__name__)
 

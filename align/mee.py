@@ -48,7 +48,6 @@ import torch
 from rich.progress import Progress
 
 from align.atomic import atomic_write_text
-from align.data import expand_shards
 from align.ground import clip_boxes, grid_proposals, ot_ground, type_scores
 from align.inference import (
     CheckpointError,
@@ -61,6 +60,7 @@ from align.inference import (
 )
 from align.module import EventAlignModule
 from align.schema import IMAGE_EXT, RECORD_EXT, Sample, SchemaError
+from align.shardlist import expand_shards
 from data_gen.eventworld.m2e2 import ROLE_RENAMES, SKIPPED_ROLES, m2e2_type, read_m2e2
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")

@@ -4,14 +4,17 @@ One module covers every recipe in `configs/`: plain CLIP (no negatives, no OT), 
 and the progressive stages (event-type heads first, then hard negatives + OT). The OT head has three terms
 (`LossWeights`): the true structure's OT distance, a hinge against role-swapped / replaced structures, and a
 cross-sample contrast of OT distances (`align.losses.ot_contrastive_loss`) that grounds arguments from captions
-alone. The batch format is the one documented in `align/data.py`.
+alone. The batch format is the one documented in `align/data.py`. With `accumulate_batches` > 1 an optimizer step
+spans several loader batches whose losses are computed together (`align/accumulate.py`).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from itertools import islice
 from typing import Any
 
 import lightning as L
@@ -19,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
-from torchmetrics.retrieval import RetrievalHitRate
 from torchvision.ops import box_iou
 
 from align import __version__
+from align.accumulate import cached_backward, optimizer_steps
 from align.losses import ContrastiveLoss, ContrastiveLossConfig, hard_negative_correct, ot_contrastive_loss
 from align.model import EventCLIP
 from align.ontology import Ontology
@@ -41,6 +44,11 @@ class OptimConfig:
         eps: AdamW epsilon.
         warmup_steps: optimizer steps of linear warmup from 0 to `lr`.
         min_lr_ratio: learning rate at the end of the cosine decay, as a fraction of `lr`.
+        fused: torch's fused AdamW kernel (one kernel for all parameters instead of a loop of small ops). null:
+            fused when every trainable parameter is on a CPU or CUDA device, where torch has the kernel.
+        clip_grad_norm: clip the global gradient norm to this value (null: no clipping). It works in both modes;
+            with `accumulate_batches` > 1 it replaces `trainer.gradient_clip_val`, which Lightning refuses under
+            manual optimization.
     """
 
     lr: float = 5e-4
@@ -49,6 +57,12 @@ class OptimConfig:
     eps: float = 1e-6
     warmup_steps: int = 50
     min_lr_ratio: float = 0.0
+    fused: bool | None = None
+    clip_grad_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ValueError(f"OptimConfig.clip_grad_norm must be > 0 or null, got {self.clip_grad_norm}")
 
 
 @dataclass
@@ -139,6 +153,7 @@ class EventAlignModule(L.LightningModule):
         optim: OptimConfig = OptimConfig(),  # noqa: B008
         evaluation: EvalConfig = EvalConfig(),  # noqa: B008
         ontology: str | None = None,
+        accumulate_batches: int = 1,
     ) -> None:
         """
         Args:
@@ -154,13 +169,21 @@ class EventAlignModule(L.LightningModule):
             optim: optimizer and learning-rate schedule.
             evaluation: evaluation options.
             ontology: path of a YAML/JSON ontology (default: the 8 M2E2 types).
+            accumulate_batches: loader batches per optimizer step, with every loss (contrastive, hard negatives, OT,
+                cross-sample OT) computed over all of them together, so N batches of B train like one batch of
+                N*B at the activation memory of B, for one more forward pass (a feature cache, as in GradCache).
+                Above 1 the module optimizes manually and one training step takes N loader batches (fewer at an
+                epoch's end): `max_steps`, `global_step`, `val_check_interval`, `log_every_n_steps` and the
+                checkpoint intervals count optimizer steps, and validation also runs at each epoch's end. Leave
+                `trainer.accumulate_grad_batches` at 1 (it only sums per-batch losses; Lightning refuses it
+                here) and clip with `optim.clip_grad_norm` instead of `trainer.gradient_clip_val`.
         """
         super().__init__()
         self.save_hyperparameters({
             "model_name": model_name, "pretrained": pretrained, "init_from": init_from, "lock_image": lock_image,
             "lock_text": lock_text, "grad_checkpointing": grad_checkpointing, "contrastive": asdict(contrastive),
             "weights": asdict(weights), "ot": asdict(ot), "optim": asdict(optim), "evaluation": asdict(evaluation),
-            "ontology": ontology,
+            "ontology": ontology, "accumulate_batches": accumulate_batches,
         })
         self.weights, self.ot_config, self.optim, self.evaluation = weights, ot, optim, evaluation
         self.ontology = Ontology.load(ontology) if ontology else Ontology.default()
@@ -179,6 +202,15 @@ class EventAlignModule(L.LightningModule):
         self.test_results: dict[str, Any] = {}
         if init_from:
             self._load_init(init_from)
+        if accumulate_batches < 1:
+            raise ValueError(f"accumulate_batches must be >= 1, got {accumulate_batches}")
+        self.accumulate_batches = accumulate_batches
+        if accumulate_batches > 1:
+            self.automatic_optimization = False
+            # Lightning hands `training_step` the loader's iterator, not one batch, when its signature asks for
+            # `dataloader_iter`: one call then takes N batches and makes one optimizer step, so every counter and
+            # logger sees optimizer steps and no micro-batch is left pending between calls (or in a checkpoint).
+            self.training_step = self._accumulated_training_step  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ setup
     def _load_init(self, path: str) -> None:
@@ -296,11 +328,38 @@ class EventAlignModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self._forward(batch)
         losses = self._losses(batch, out)
+        self._log_train(batch, out, losses)
+        return losses["loss"]
+
+    def _accumulated_training_step(self, dataloader_iter: Iterator[tuple[Any, int, int]]) -> None:
+        """One optimizer step over the next `accumulate_batches` loader batches, losses over all of them at once."""
+        batches = [self._batch_to_device(batch) for batch, _, _ in islice(dataloader_iter, self.accumulate_batches)]
+        if not batches:
+            raise StopIteration  # the loader is exhausted: Lightning ends the epoch
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        batch, out, losses = cached_backward(batches, self._forward, self._losses, self, self.manual_backward,
+                                             lambda last: opt.toggle_model(sync_grad=last))
+        opt.step()  # clipping: on_before_optimizer_step, after AMP unscaling
+        opt.zero_grad()
+        sched.step()
+        self._log_train(batch, out, losses)
+
+    def _batch_to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """What the fit loop does to each batch before `training_step`, except when the step takes the iterator
+        (the data module's `on_before_batch_transfer` takes off the stream position that resumes the data)."""
+        batch = self._on_before_batch_transfer(self.trainer.precision_plugin.convert_input(batch), dataloader_idx=0)
+        return self.trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+
+    def _log_train(self, batch: dict[str, Any], out: dict[str, Tensor], losses: dict[str, Tensor]) -> None:
         bs = batch["images"].shape[0]
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=bs)
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
         self._log_in_batch_retrieval("train", out, batch)
-        return losses["loss"]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip to `optim.clip_grad_norm`; Lightning calls this after AMP unscaling, in both optimization modes."""
+        if self.optim.clip_grad_norm is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.optim.clip_grad_norm, gradient_clip_algorithm="norm")
 
     # ------------------------------------------------------------------ evaluation
     def _log_in_batch_retrieval(self, stage: str, out: dict[str, Tensor], batch: dict[str, Any]) -> None:
@@ -366,15 +425,28 @@ class EventAlignModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         metrics = self._log_eval_metrics("test")
-        images = torch.cat([i for i, _ in self._test_embeddings])
-        texts = torch.cat([t for _, t in self._test_embeddings])
+        empty = torch.zeros(0, self.model.embed_dim)  # a rank may hold no test batch
+        images = self._gather_rows(torch.cat([empty] + [i for i, _ in self._test_embeddings]))
+        texts = self._gather_rows(torch.cat([empty] + [t for _, t in self._test_embeddings]))
         retrieval = retrieval_hits(images, texts, self.evaluation.retrieval_k)
-        for name, v in retrieval.items():
+        for name, v in retrieval.items():  # the same on every rank: nothing to sync
             self.log(f"test/{name}", v)
         self.test_results = {
             "hardneg_acc": {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("hardneg_acc/")},
             "retrieval": retrieval, "grounding_acc": metrics.get("grounding_acc"), "num_samples": len(images),
         }
+
+    def _gather_rows(self, rows: Tensor) -> Tensor:
+        """Every rank's rows, rank after rank, on every rank (CPU); ranks may hold different counts, so each pads to
+        the largest and the padding is cut off again."""
+        if self.trainer.world_size == 1:
+            return rows
+        rows = rows.to(self.device)  # NCCL gathers device tensors only
+        counts = self.all_gather(torch.tensor(rows.shape[0], device=self.device)).view(-1).tolist()
+        padded = rows.new_zeros((max(counts), *rows.shape[1:]))
+        padded[: rows.shape[0]] = rows
+        gathered = self.all_gather(padded)  # (world, max count, ...)
+        return torch.cat([g[:n] for g, n in zip(gathered, counts)]).cpu()
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
@@ -383,9 +455,11 @@ class EventAlignModule(L.LightningModule):
             if p.requires_grad:
                 (no_decay if p.ndim < 2 or "logit_scale" in name or "bias" in name else decay).append(p)
         o = self.optim
+        fused = o.fused if o.fused is not None else all(p.device.type in ("cpu", "cuda") for p in decay + no_decay)
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=o.betas, eps=o.eps)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=o.betas, eps=o.eps,
+                                fused=fused)
+        total = optimizer_steps(self.trainer, self.accumulate_batches)
         warmup = min(o.warmup_steps, total // 2)
 
         def factor(step: int) -> float:
@@ -398,16 +472,23 @@ class EventAlignModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def retrieval_hits(images: Tensor, texts: Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
-    """Hit rate @k both ways over a paired set (row i of images matches row i of texts), via torchmetrics."""
-    sims = images @ texts.T
-    n = sims.shape[0]
-    target = torch.eye(n, dtype=torch.bool)
-    idx = torch.arange(n)[:, None].expand(n, n)
-    out = {}
-    for k in ks:
-        metric = RetrievalHitRate(top_k=k)
-        out[f"i2t_hit@{k}"] = float(metric(sims.flatten(), target.flatten(), indexes=idx.flatten()))
-        metric = RetrievalHitRate(top_k=k)
-        out[f"t2i_hit@{k}"] = float(metric(sims.T.flatten(), target.flatten(), indexes=idx.flatten()))
+def retrieval_hits(images: Tensor, texts: Tensor, ks: tuple[int, ...] = (1, 5, 10),
+                   chunk: int = 1024) -> dict[str, float]:
+    """Hit rate @k both ways over a paired set (row i of images matches row i of texts).
+
+    A query hits at k when fewer than k candidates score strictly higher than its match, so a tie counts for the
+    match and the result does not depend on the order of the rows (DDP gathers them in another order than one
+    process reads them). Queries go `chunk` at a time: memory O(chunk * n), not O(n^2).
+    """
+
+    def above_match(queries: Tensor, candidates: Tensor, first: int) -> Tensor:
+        sims = queries @ candidates.T  # row r's match is candidate first + r
+        match = sims[torch.arange(sims.shape[0]), torch.arange(first, first + sims.shape[0])]
+        return (sims > match[:, None]).sum(1)
+
+    out: dict[str, float] = {}
+    for name, queries, candidates in (("i2t", images, texts), ("t2i", texts, images)):
+        above = torch.cat([torch.zeros(0, dtype=torch.long)]
+                          + [above_match(queries[i: i + chunk], candidates, i) for i in range(0, len(queries), chunk)])
+        out.update({f"{name}_hit@{k}": float((above < k).float().mean()) for k in ks})  # NaN for an empty set
     return out

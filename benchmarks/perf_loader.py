@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copied-headers", action="store_true",
                         help="keep the source shards' tar headers instead of rewriting the shard with write_shard")
     opts = parser.parse_args(argv)
-    from align.data import expand_shards
+    from align.shardlist import expand_shards
 
     res = bench(expand_shards(opts.shards, "--shards"), samples=320 if opts.quick else opts.samples,
                 workers=tuple(opts.workers), rounds=1 if opts.quick else opts.rounds,

@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split-reps", type=int, default=5, help="repetitions for the full-mode split (0: skip)")
     parser.add_argument("--shards", default=str(REPO / "shards" / "eventworld" / "train-*.tar"))
     opts = parser.parse_args(argv)
-    from align.data import expand_shards
+    from align.shardlist import expand_shards
 
     names = opts.configs or (["tiny"] if opts.quick else list(CONFIGS))
     configs = {n: {**CONFIGS[n], **(QUICK[n] if opts.quick else {})} for n in names}

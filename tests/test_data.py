@@ -18,9 +18,10 @@ import webdataset as wds
 from PIL import Image
 
 from align.batch import _replacements
-from align.data import CLIP_MEAN, CLIP_STD, EventDataModule, shard_sizes
+from align.data import CLIP_MEAN, CLIP_STD, EventDataModule
 from align.ontology import Ontology
 from align.schema import NEGATIVE_KINDS, Argument, Description, Event, Negative, Region, Sample, Trigger
+from align.shardlist import shard_sizes
 
 W, H, SIZE = 64, 48, 32
 
