@@ -37,14 +37,15 @@ import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections import Counter, defaultdict  # noqa: E402
-from collections.abc import Callable, Iterable, Sequence  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from align.ontology import Ontology  # noqa: E402
-from align.schema import Event, SchemaError  # noqa: E402
+from align.schema import Event  # noqa: E402
+from data_gen.jsonl import JSONLineError, read_json_lines  # noqa: E402
 
 _WORD = re.compile(r"[a-z0-9]+")
 _ARTICLES = frozenset({"the", "a", "an"})
@@ -123,32 +124,28 @@ def score(gold: dict[str, list[Event]], pred: dict[str, list[Event]]) -> dict[st
             "captions": len(gold)}
 
 
-def read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise SystemExit(f"{path}:{n}: not a JSON line: {e}") from e
-            if not isinstance(row, dict) or not isinstance(row.get("id"), str):
-                raise SystemExit(f"{path}:{n}: expected an object with a string 'id'")
-            yield n, row
+def _row(row: dict[str, Any]) -> tuple[str, list[Event], str | None]:
+    """(id, events, caption text or None) of one line; ids must already be strings, as `data-gen extract` writes."""
+    key, raw = row.get("id"), row.get("events") or []
+    if not isinstance(key, str):
+        raise ValueError("expected an object with a string 'id'")
+    if not isinstance(raw, list):
+        raise ValueError(f"'events' must be a list, got {type(raw).__name__}")
+    events = [Event.from_dict(e, key, f"events[{i}]") for i, e in enumerate(raw)]
+    text = row.get("text", row.get("caption"))
+    return key, events, text if isinstance(text, str) else None
 
 
 def load_events(path: Path, ontology: Ontology) -> tuple[dict[str, list[Event]], dict[str, str]]:
-    """id -> normalised events, and id -> caption text when the file has one."""
+    """id -> normalised events, and id -> caption text when the file has one; a bad line exits with file:line."""
     events, texts = {}, {}
-    for n, row in read_jsonl(path):
-        try:
-            evs = [Event.from_dict(e, row["id"], f"events[{i}]") for i, e in enumerate(row.get("events") or [])]
-        except SchemaError as e:
-            raise SystemExit(f"{path}:{n}: {e}") from e
-        events[row["id"]] = [m for m in (ontology.normalize(e) for e in evs) if m is not None]
-        text = row.get("text", row.get("caption"))
-        if isinstance(text, str):
-            texts[row["id"]] = text
+    try:
+        for key, evs, text in read_json_lines(path, _row):
+            events[key] = [m for m in (ontology.normalize(e) for e in evs) if m is not None]
+            if text is not None:
+                texts[key] = text
+    except JSONLineError as e:
+        raise SystemExit(str(e)) from e
     return events, texts
 
 

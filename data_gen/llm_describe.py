@@ -11,7 +11,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from align.ontology import EventType, Ontology
 from align.schema import Description, Event, Negative
@@ -29,6 +29,8 @@ NEGATIVES_SCHEMA = {
 }
 _WORD = re.compile(r"[A-Za-z][A-Za-z-]*")
 _MAX_CHARS = 300
+Item = TypeVar("Item")
+Out = TypeVar("Out")
 
 
 # ---------------------------------------------------------------------- checks
@@ -117,61 +119,74 @@ def _messages(prompt: dict[str, Any], n: int, answer_key: str, question: dict[st
     return turns
 
 
-def llm_descriptions(items: Sequence[tuple[str, Event | None]], client: LLMClient, ontology: Ontology | None = None,
-                     n: int = 2, prompt: str = "describe_v1") -> tuple[list[list[Description]], Counter[str]]:
-    """Up to `n` "llm" positives per (caption, salient event); a long template where none is valid."""
-    ontology = ontology or Ontology.default()
-    spec = load_prompt(prompt)
-    counts: Counter[str] = Counter()
-    todo = {i: (caption, event) for i, (caption, event) in enumerate(items) if event is not None}
-    requests = [ChatRequest(_messages(spec, n, "descriptions", {"caption": c, "event": event_json(e)}),
-                            DESCRIPTIONS_SCHEMA, spec["version"], name="descriptions") for c, e in todo.values()]
-    answers = dict(zip(todo, client.chat_json(requests)))
-    out: list[list[Description]] = []
-    for i, (caption, event) in enumerate(items):
-        if event is None:
+def _per_event(items: Sequence[Item], event_of: Callable[[Item], Event | None],
+               request: Callable[[Item, Event], ChatRequest],
+               judge: Callable[[Item, Event, dict[str, Any]], list[Out]],
+               client: LLMClient, counts: Counter[str]) -> list[list[Out]]:
+    """`judge(item, event, answer)` per item, after one batched LLM call for the items that have an event.
+
+    Shared by descriptions and negatives so both skip and count alike: an item without an event gets []
+    ("skipped_no_event"); a failed call ("llm_failed") is judged as an empty answer, so the judge falls back.
+    """
+    asked = {i: (item, event) for i, item in enumerate(items) if (event := event_of(item)) is not None}
+    answers = dict(zip(asked, client.chat_json([request(item, event) for item, event in asked.values()])))
+    out: list[list[Out]] = []
+    for i in range(len(items)):
+        if i not in asked:
             counts["skipped_no_event"] += 1
             out.append([])
             continue
-        accepted: list[str] = []
         answer = answers[i]
         counts["llm_failed"] += answer is None
-        for text in (answer or {}).get("descriptions", []):
-            problem = description_problem(text, caption, event, accepted)
+        out.append(judge(*asked[i], answer or {}))
+    return out
+
+
+def llm_descriptions(items: Sequence[tuple[str, Event | None]], client: LLMClient, ontology: Ontology | None = None,
+                     n: int = 2, prompt: str = "describe_v1") -> tuple[list[list[Description]], Counter[str]]:
+    """Up to `n` "llm" positives per (caption, salient event); a long template where none is valid."""
+    onto = ontology or Ontology.default()
+    spec = load_prompt(prompt)
+    counts: Counter[str] = Counter()
+
+    def request(item: tuple[str, Event | None], event: Event) -> ChatRequest:
+        return ChatRequest(_messages(spec, n, "descriptions", {"caption": item[0], "event": event_json(event)}),
+                           DESCRIPTIONS_SCHEMA, spec["version"], name="descriptions")
+
+    def judge(item: tuple[str, Event | None], event: Event, answer: dict[str, Any]) -> list[Description]:
+        accepted: list[str] = []
+        for text in answer.get("descriptions", []):
+            problem = description_problem(text, item[0], event, accepted)
             if problem:
                 counts[f"rejected_{problem}"] += 1
             elif len(accepted) < n:
                 accepted.append(text.strip())
         counts["llm_accepted"] += len(accepted)
         if accepted:
-            out.append([Description("llm", t) for t in accepted])
-        else:
-            counts["fallback"] += 1
-            out.append([Description("long", ontology[event.type].render(fillers(event), "long"))])
-    return out, counts
+            return [Description("llm", t) for t in accepted]
+        counts["fallback"] += 1
+        return [Description("long", onto[event.type].render(fillers(event), "long"))]
+
+    return _per_event(items, lambda item: item[1], request, judge, client, counts), counts
 
 
 def llm_negatives(items: Sequence[tuple[str, Event | None, Sequence[str]]], client: LLMClient,
                   ontology: Ontology | None = None, n: int = 2,
                   prompt: str = "negatives_v1") -> tuple[list[list[Negative]], Counter[str]]:
     """Up to `n` "llm" negatives per (caption, salient event, positives); template type swaps where none is valid."""
-    ontology = ontology or Ontology.default()
+    onto = ontology or Ontology.default()
     spec = load_prompt(prompt)
     counts: Counter[str] = Counter()
-    todo = {i: (caption, event, list(pos)) for i, (caption, event, pos) in enumerate(items) if event is not None}
-    requests = [ChatRequest(_messages(spec, n, "negatives", {"caption": c, "event": event_json(e), "positives": p}),
-                            NEGATIVES_SCHEMA, spec["version"], name="negatives") for c, e, p in todo.values()]
-    answers = dict(zip(todo, client.chat_json(requests)))
-    out: list[list[Negative]] = []
-    for i, (caption, event, positives) in enumerate(items):
-        if event is None:
-            counts["skipped_no_event"] += 1
-            out.append([])
-            continue
+
+    def request(item: tuple[str, Event | None, Sequence[str]], event: Event) -> ChatRequest:
+        question = {"caption": item[0], "event": event_json(event), "positives": list(item[2])}
+        return ChatRequest(_messages(spec, n, "negatives", question), NEGATIVES_SCHEMA, spec["version"],
+                           name="negatives")
+
+    def judge(item: tuple[str, Event | None, Sequence[str]], event: Event, answer: dict[str, Any]) -> list[Negative]:
+        caption, _, positives = item
         accepted: list[Negative] = []
-        answer = answers[i]
-        counts["llm_failed"] += answer is None
-        for neg in (answer or {}).get("negatives", []):
+        for neg in answer.get("negatives", []):
             problem = negative_problem(neg["text"], caption, positives, [x.text for x in accepted])
             if problem:
                 counts[f"rejected_{problem}"] += 1
@@ -181,9 +196,10 @@ def llm_negatives(items: Sequence[tuple[str, Event | None, Sequence[str]]], clie
         counts["llm_accepted"] += len(accepted)
         if not accepted:
             counts["fallback"] += 1
-            accepted = template_negatives(event, ontology, positives, n)
-        out.append(accepted)
-    return out, counts
+            accepted = template_negatives(event, onto, positives, n)
+        return accepted
+
+    return _per_event(items, lambda item: item[1], request, judge, client, counts), counts
 
 
 def llm_extra(client: LLMClient, ontology: Ontology | None = None, n_positives: int = 2, n_negatives: int = 2,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from align.ontology import Ontology
 from align.schema import Argument, Event, Trigger
 from data_gen.extract import Extractor, InputError, get_extractor, read_captions, register
 from data_gen.extract_import import ImportExtractor, ImportFormatError, detect_format, read_jsonl
@@ -326,3 +327,33 @@ def test_scorer_hand_computed():
     assert result["argument_role"]["correct"] == 1 and result["argument_role"]["f1"] == 0.25
     assert result["per_type"]["Life.Die"]["event"]["r"] == 0.0
     assert result["per_type"]["Contact.Meet"]["argument_role"]["p"] == 0.5
+
+
+def test_benchmark_load_events_normalises_and_keeps_text(tmp_path: Path):
+    bench = _load_benchmark()
+    attack = {"type": "Conflict.Attack", "trigger": {"text": "attacked", "char_start": 8, "char_end": 16},
+              "arguments": [{"role": "Attacker", "text": "Rebels"}]}
+    elect = {"type": "Personnel.Elect", "trigger": {"text": "elected"}}  # no mapping in the ontology: dropped
+    path = tmp_path / "gold.jsonl"
+    path.write_text(json.dumps({"id": "a", "caption": "Rebels attacked.", "events": [attack, elect]}) + "\n\n"
+                    + json.dumps({"id": "b", "events": []}) + "\n")
+    events, texts = bench.load_events(path, Ontology.default())
+    assert [e.type for e in events["a"]] == ["Conflict.Attack"] and events["b"] == []
+    assert texts == {"a": "Rebels attacked."}
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ('{"id": "a", "events": [', "not valid JSON"),
+    (b'{"id": "a", "caption": "caf\xe9"}', "not UTF-8"),
+    ('["a"]', "expected a JSON object"),
+    ('{"id": 7, "events": []}', "string 'id'"),  # ids are compared as written: no int -> str guessing
+    ('{"id": "a", "events": {"type": "Conflict.Attack"}}', "'events' must be a list"),
+    ('{"id": "a", "events": [{"type": "Conflict.Attack"}]}', "events\\[0\\]"),  # Event.from_dict's field path
+])
+def test_benchmark_load_events_bad_line_exits_with_file_and_line(tmp_path: Path, line: str | bytes, problem: str):
+    bench = _load_benchmark()
+    path = tmp_path / "pred.jsonl"
+    raw = line if isinstance(line, bytes) else line.encode()
+    path.write_bytes(b'{"id": "ok", "events": []}\n\n' + raw + b"\n")
+    with pytest.raises(SystemExit, match=rf"pred\.jsonl:3: .*{problem}"):
+        bench.load_events(path, Ontology.default())

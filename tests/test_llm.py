@@ -259,6 +259,28 @@ def test_llm_negatives_validated_with_fallback() -> None:
     assert counts["llm_failed"] == 1 and counts["fallback"] == 1
 
 
+def test_llm_descriptions_and_negatives_skip_and_fail_alike() -> None:
+    """Both ask only about items with an event, keep answers on their items, and count skips and failures."""
+    answers = {"descriptions": {"descriptions": ["In Kyiv, police take two protesters into custody."]},
+               "negatives": {"negatives": [{"text": "Police attack two protesters.", "change": "type", "detail": "x"}]}}
+    positives = ["Police arrest two protesters."]
+    with FakeLLMServer(default=lambda body: answers[body["response_format"]["json_schema"]["name"]]) as server:
+        client = LLMClient(config(server, concurrency=1))
+        server.faults.append("garbage")  # the first asked item (the second item) fails
+        descs, d_counts = llm_descriptions([("A harbour.", None), (ARREST, EVENT), (ARREST + " ", EVENT)], client)
+        server.faults.append("garbage")
+        negs, n_counts = llm_negatives([("A harbour.", None, []), (ARREST, EVENT, positives),
+                                        (ARREST + " ", EVENT, positives)], client)
+        assert server.chat_requests == 4  # two per call: the item without an event is never sent
+    assert descs[0] == [] and negs[0] == []
+    assert [d.kind for d in descs[1]] == ["long"] and {n.kind for n in negs[1]} == {"type_swap"}  # failed: fallback
+    assert [d.text for d in descs[2]] == ["In Kyiv, police take two protesters into custody."]
+    assert [n.text for n in negs[2]] == ["Police attack two protesters."]
+    for counts in (d_counts, n_counts):
+        assert (counts["skipped_no_event"], counts["llm_failed"], counts["fallback"], counts["llm_accepted"]) == (
+            1, 1, 1, 1)
+
+
 def test_invented_names() -> None:
     caption = "Kim Jong Un meets President Moon in Panmunjom."
     assert invented_names("President Moon meets Kim Jong Un in Seoul.", caption) == ["Seoul"]
