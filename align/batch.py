@@ -133,7 +133,7 @@ class SampleEncoder:
                  num_arg_negatives: int, ontology: Ontology, seed: int, max_image_pixels: int,
                  negative_modes: Sequence[str] | None = None) -> None:
         self.size, self.positive_kinds, self.negative_kinds = image_size, tuple(positive_kinds), tuple(negative_kinds)
-        self.decode = ImageDecoder(image_size, mean, std, max_image_pixels)
+        self.image_decoder = ImageDecoder(image_size, mean, std, max_image_pixels)
         self.k, self.r, self.n, self.kn = num_negatives, max_regions, max_arguments, num_arg_negatives
         self.negative_modes = None if negative_modes is None else frozenset(negative_modes)
         self.ontology, self.seed = ontology, seed
@@ -176,7 +176,7 @@ class SampleEncoder:
 
     def _image(self, data: bytes) -> np.ndarray:
         try:
-            return self.decode(data)[0]
+            return self.image_decoder(data)[0]
         except ImageError as e:
             raise Skip(e.reason, str(e)) from e
 

@@ -43,8 +43,9 @@ def _config(directory: Path, name: str, custom_text: bool = False, **text_cfg: o
     return str(path)
 
 
-def _compare(model: EventCLIP, tokens: torch.Tensor, atol: float = 1e-5) -> None:
-    """Same normalised embeddings and the same gradient on every parameter as open_clip's padded call."""
+def _compare(model: EventCLIP, tokens: torch.Tensor, atol: float = 1e-5, grad_atol: float = 5e-5) -> None:
+    """Same normalised embeddings and the same gradient on every parameter as open_clip's padded call. Gradients
+    get a looser `grad_atol`: a shared parameter (positional embedding) sums over rows in another order, by thread."""
     weights = torch.randn(tokens.shape[0], model.embed_dim, generator=torch.Generator().manual_seed(1))
 
     def run(fn: object) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -59,7 +60,7 @@ def _compare(model: EventCLIP, tokens: torch.Tensor, atol: float = 1e-5) -> None
     torch.testing.assert_close(got, expected, atol=atol, rtol=1e-4)
     assert got_grads.keys() == expected_grads.keys() and got_grads
     for name, grad in expected_grads.items():
-        torch.testing.assert_close(got_grads[name], grad, atol=atol, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(got_grads[name], grad, atol=grad_atol, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def _spy_encode_text(model: EventCLIP, monkeypatch: pytest.MonkeyPatch) -> list[int]:
