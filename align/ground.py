@@ -40,7 +40,7 @@ from align.inference import (
     type_prompts,
 )
 from align.module import EventAlignModule
-from align.ot import cosine_cost, solve_ot
+from align.ot import cosine_cost, grounding_plan
 from align.ot import ground as ground_plan
 
 Box = list[float]
@@ -119,7 +119,8 @@ def ot_ground(module: EventAlignModule, texts: Tensor, text_mask: Tensor, region
     (-1 where masked or no region), its cosine similarity, and the share of the text's mass it carries."""
     c = module.ot_config
     cost = cosine_cost(texts, regions)
-    plan = solve_ot(cost, text_mask, region_mask, eps=c.eps, n_iters=c.n_iters, reg_m=c.reg_m, method=c.method).plan
+    plan = grounding_plan(texts, regions, text_mask, region_mask, marginals=module.evaluation.grounding_decoder,
+                          eps=c.eps, n_iters=c.n_iters, reg_m=c.reg_m, method=c.method)
     dummy = torch.zeros(*regions.shape[:2], 4, device=regions.device)
     idx, _ = ground_plan(plan, dummy, text_mask, region_mask)
     at = idx.clamp_min(0)[..., None]

@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from align.ot import GradMode, Method, pairwise_ot_distance
+from align.ot import GradMode, Marginals, Method, pairwise_ot_distance
 
 Variant = Literal["ce", "bce", "kl"]
 MultiPositive = Literal["logsumexp", "primary"]
@@ -310,7 +310,7 @@ def _gather_sets(emb: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, int]:
 def ot_contrastive_loss(arg_emb: Tensor, arg_mask: Tensor, region_emb: Tensor, region_mask: Tensor, *,
                         temperature: float = 0.05, gather: bool = True, eps: float = 0.1, n_iters: int = 50,
                         reg_m: float | None = None, method: Method = "sinkhorn_stabilized",
-                        grad: GradMode = "envelope") -> Tensor:
+                        grad: GradMode = "envelope", marginals: Marginals = "uniform") -> Tensor:
     """Weakly supervised fine-grained contrast: a sample's arguments are OT-closer to its own image's regions than
     to any other image's in the batch, and an image's regions closer to its own arguments than to other samples'.
 
@@ -326,7 +326,7 @@ def ot_contrastive_loss(arg_emb: Tensor, arg_mask: Tensor, region_emb: Tensor, r
         raise ValueError(f"ot_contrastive_loss: temperature must be > 0, got {temperature}")
     arg_mask, region_mask = arg_mask.bool(), region_mask.bool()
     arg_emb, region_emb = _at_least_fp32(arg_emb), _at_least_fp32(region_emb)
-    solver = {"eps": eps, "n_iters": n_iters, "reg_m": reg_m, "method": method, "grad": grad}
+    solver = {"eps": eps, "n_iters": n_iters, "reg_m": reg_m, "method": method, "grad": grad, "marginals": marginals}
     if gather and _distributed():
         g_args, g_arg_mask, offset = _gather_sets(arg_emb, arg_mask)
         g_regions, g_region_mask, _ = _gather_sets(region_emb, region_mask)

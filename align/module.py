@@ -29,7 +29,7 @@ from align.accumulate import cached_backward, optimizer_steps
 from align.losses import ContrastiveLoss, ContrastiveLossConfig, hard_negative_correct, ot_contrastive_loss
 from align.model import EventCLIP
 from align.ontology import Ontology
-from align.ot import GradMode, Method, ground, ot_alignment_loss
+from align.ot import GradMode, Marginals, Method, ground, grounding_plan, ot_alignment_loss
 from align.schema import NEGATIVE_KINDS
 
 
@@ -75,6 +75,9 @@ class OTConfig:
         reg_m: marginal relaxation for unbalanced OT, so regions may stay unmatched (null: balanced).
         method: OT solver.
         grad: gradients through the cost only (plan detached: envelope) or through unrolled iterations.
+        marginals: "assignment": each argument carries one region's worth of mass and the regions no argument
+            names go to a slack row (`align.ot.assignment_plan`), so bystanders neither pull on arguments nor add to
+            the distance; "uniform": every region is transported. Needs reg_m null.
     """
 
     eps: float = 0.1
@@ -82,6 +85,12 @@ class OTConfig:
     reg_m: float | None = None
     method: Method = "sinkhorn_stabilized"
     grad: GradMode = "envelope"
+    marginals: Marginals = "assignment"
+
+    def __post_init__(self) -> None:
+        if self.marginals == "assignment" and self.reg_m is not None:
+            raise ValueError("OTConfig: marginals 'assignment' is balanced by construction; set reg_m: null or "
+                             "marginals: uniform")
 
 
 @dataclass
@@ -130,10 +139,13 @@ class EvalConfig:
     Attributes:
         retrieval_k: cut-offs of the test-set retrieval hit rates (image->text and text->image).
         grounding_iou: IoU with the gold box at which a grounded argument counts as correct.
+        grounding_decoder: marginals of the plan an argument's region is read from (`align.ot.grounding_plan`):
+            "assignment" (one region per argument, the rest to a slack row) or "uniform" (every region spent).
     """
 
     retrieval_k: tuple[int, ...] = (1, 5, 10)
     grounding_iou: float = 0.5
+    grounding_decoder: Marginals = "assignment"
 
 
 class EventAlignModule(L.LightningModule):
@@ -300,7 +312,8 @@ class EventAlignModule(L.LightningModule):
             c = self.ot_config
             loss_b = ot_contrastive_loss(out["args"], batch["arg_mask"], out["regions"], out["region_mask"],
                                          temperature=w.ot_temperature, gather=self.training, eps=c.eps,
-                                         n_iters=c.n_iters, reg_m=c.reg_m, method=c.method, grad=c.grad)
+                                         n_iters=c.n_iters, reg_m=c.reg_m, method=c.method, grad=c.grad,
+                                         marginals=c.marginals)
             losses["ot_batch"] = loss_b
             total = total + w.ot_batch * loss_b
         if w.event_type > 0:
@@ -323,7 +336,7 @@ class EventAlignModule(L.LightningModule):
             out["args"], out["regions"], batch["arg_mask"], out["region_mask"], neg,
             batch["neg_arg_mask"] if neg is not None else None, margin=w.ot_margin,
             contrastive_weight=w.ot_contrastive, distance_weight=w.ot_distance, eps=c.eps, n_iters=c.n_iters,
-            reg_m=c.reg_m, method=c.method, grad=c.grad)
+            reg_m=c.reg_m, method=c.method, grad=c.grad, marginals=c.marginals)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self._forward(batch)
@@ -390,7 +403,10 @@ class EventAlignModule(L.LightningModule):
         gold_mask = batch["arg_box_mask"] & batch["arg_mask"]
         if not gold_mask.any() or not batch["box_mask"].any():
             return
-        plan = self._ot(batch, out, with_negatives=False).plan
+        c = self.ot_config
+        plan = grounding_plan(out["args"], out["regions"], batch["arg_mask"], out["region_mask"],
+                              marginals=self.evaluation.grounding_decoder, eps=c.eps, n_iters=c.n_iters,
+                              reg_m=c.reg_m, method=c.method)
         _, pred_boxes = ground(plan, batch["boxes"], batch["arg_mask"], out["region_mask"])
         iou = box_iou(pred_boxes[gold_mask], batch["arg_boxes"][gold_mask]).diagonal()
         self.grounding_acc.update((iou >= self.evaluation.grounding_iou).float())

@@ -15,6 +15,13 @@ boolean masks, so one call solves B problems with no Python loop over samples. T
 With ``reg_m`` set, the Sinkhorn solvers solve KL-relaxed unbalanced OT (POT's ``sinkhorn_unbalanced`` with
 ``reg_type="kl"``), so regions may stay unmatched. The distance returned is the linear cost ``<P, C>`` (what POT's
 ``sinkhorn2`` / ``sinkhorn_unbalanced2`` return).
+
+Marginals of the OT head and of grounding (`grounding_plan`, then `ground`): with ``"uniform"`` ones every region
+must be transported, so the regions no argument names (bystanders, a truncated argument's object) are absorbed by
+some argument, in training (a pull towards them) and in grounding (a wrong pick), and an argument is spread over
+several regions when regions outnumber arguments. ``"assignment"`` (`assignment_plan`) gives each argument one
+region's worth of mass and sends the rest to a slack row: an entropic one-to-one assignment (the optimal
+assignment as ``eps`` -> 0).
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ from torch import Tensor
 
 Method = Literal["sinkhorn_stabilized", "sinkhorn_log", "ipot"]
 GradMode = Literal["envelope", "unrolled"]
+Marginals = Literal["uniform", "assignment"]
 METHODS = ("sinkhorn_stabilized", "sinkhorn_log", "ipot")
 GRAD_MODES = ("envelope", "unrolled")
+MARGINALS = ("uniform", "assignment")
 
 
 # Largest log-kernel range for which scaling updates stay far from under/overflow (plan ratios >= exp(-2 span)).
@@ -315,6 +324,7 @@ def ot_alignment_loss(
     reg_m: float | None = None,
     method: Method = "sinkhorn_stabilized",
     grad: GradMode = "envelope",
+    marginals: Marginals = "uniform",
 ) -> OTLossOutput:
     """CLIP-Event OT argument-alignment loss.
 
@@ -324,6 +334,10 @@ def ot_alignment_loss(
     arguments and regions of distance_weight * d_true + contrastive_weight * mean over existing negatives of
     max(0, margin + d_true - d_neg). Terms with nothing to average contribute 0 (finite, zero gradient).
     The true and negative problems are solved in one batched call.
+
+    ``marginals="assignment"`` solves every structure with `assignment_plan`'s marginals (one region's worth of mass
+    per argument, unnamed regions to a slack row) instead of uniform ones, so no argument is pulled towards a
+    bystander's region; the distance is then the mean cost per unit of argument mass (see `_transport`).
 
     ``distance_weight=0`` keeps only the relative (hinge) term: the plain distance pulls every region towards every
     argument of its image, which from scratch collapses all region and argument embeddings onto one point
@@ -349,8 +363,8 @@ def ot_alignment_loss(
         costs.append(cosine_cost(neg_arg_emb, region_emb[:, None]).reshape(bsz * k, n, m))
         rows.append((arg_mask[:, None, :] & neg_mask[:, :, None]).reshape(bsz * k, n))
     cols = torch.cat([region_mask, region_mask.repeat_interleave(k, 0)])
-    res = solve_ot(torch.cat(costs), torch.cat(rows), cols, eps=eps, n_iters=n_iters, tol=None, reg_m=reg_m,
-                   method=method, grad=grad)
+    res = _transport(torch.cat(costs), torch.cat(rows), cols, marginals, eps=eps, n_iters=n_iters, reg_m=reg_m,
+                     method=method, grad=grad)
     d_true, plan = res.distance[:bsz], res.plan[:bsz]
     valid = (arg_mask.any(1) & region_mask.any(1)).to(d_true.dtype)
     loss = distance_weight * (d_true * valid).sum() / valid.sum().clamp_min(1)
@@ -373,12 +387,13 @@ def pairwise_ot_distance(
     reg_m: float | None = None,
     method: Method = "sinkhorn_stabilized",
     grad: GradMode = "envelope",
+    marginals: Marginals = "uniform",
 ) -> Tensor:
     """OT distance of every argument set to every region set: (Bq, N, D) x (Bk, M, D) -> (Bq, Bk).
 
     Entry (i, j) is the distance of sample i's arguments to image j's regions (cost 1 - cosine), all Bq * Bk
     problems solved in one batched call; it is 0 where i has no argument or j no region (mask those pairs).
-    The diagonal of a square call equals `ot_alignment_loss`'s d_true.
+    The diagonal of a square call equals `ot_alignment_loss`'s d_true (with the same ``marginals``).
     """
     if arg_emb.dim() != 3 or region_emb.dim() != 3 or arg_emb.shape[-1] != region_emb.shape[-1]:
         raise ValueError(f"arg_emb (Bq, N, D) and region_emb (Bk, M, D) expected, got {tuple(arg_emb.shape)} and "
@@ -392,13 +407,30 @@ def pairwise_ot_distance(
     cost = 1.0 - torch.einsum("ind,jmd->ijnm", x, y)
     rows = arg_mask.bool()[:, None, :].expand(bq, bk, n).reshape(bq * bk, n)
     cols = region_mask.bool()[None].expand(bq, bk, m).reshape(bq * bk, m)
-    res = solve_ot(cost.reshape(bq * bk, n, m), rows, cols, eps=eps, n_iters=n_iters, tol=None, reg_m=reg_m,
-                   method=method, grad=grad)
+    res = _transport(cost.reshape(bq * bk, n, m), rows, cols, marginals, eps=eps, n_iters=n_iters, reg_m=reg_m,
+                     method=method, grad=grad)
     return res.distance.reshape(bq, bk)
 
 
+def _transport(cost: Tensor, rows: Tensor, cols: Tensor, marginals: Marginals, *, eps: float, n_iters: int,
+               reg_m: float | None, method: Method, grad: GradMode) -> OTResult:
+    """The plan and distance of the OT head: uniform marginals (`solve_ot`), or `assignment_plan`'s, whose distance
+    is the mean cost per unit of argument mass <P, C> / <P, 1> (the slack's constant cost left out), so that images
+    with more regions than arguments are not made closer by the slack's share of the mass."""
+    if marginals not in MARGINALS:
+        raise ValueError(f"marginals must be one of {MARGINALS}, got {marginals!r}")
+    if marginals == "uniform":
+        return solve_ot(cost, rows, cols, eps=eps, n_iters=n_iters, tol=None, reg_m=reg_m, method=method, grad=grad)
+    if reg_m is not None:
+        raise ValueError("marginals='assignment' is balanced by construction; set reg_m=None")
+    plan = assignment_plan(cost, rows, cols, eps=eps, n_iters=n_iters, method=method, grad=grad)
+    cost = torch.where(rows.bool()[:, :, None] & cols.bool()[:, None, :], cost, 0.0)  # padding may hold anything
+    return OTResult((plan * cost).sum((1, 2)) / plan.sum((1, 2)).clamp_min(1e-12), plan)
+
+
 def ground(plan: Tensor, boxes: Tensor, arg_mask: Tensor, region_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Ground each argument to the region carrying most of its transported mass (argmax of its plan row).
+    """Ground each argument to the region carrying most of its transported mass (argmax of its plan row; the plan
+    from `grounding_plan`).
 
     plan (B, N, M), boxes (B, M, 4), masks (B, N) / (B, M). Returns region indices (B, N), -1 for padded arguments
     or samples without regions, and the chosen boxes (B, N, 4), zeros where the index is -1.
@@ -414,3 +446,60 @@ def ground(plan: Tensor, boxes: Tensor, arg_mask: Tensor, region_mask: Tensor) -
     chosen = torch.gather(boxes, 1, idx.clamp_min(0)[:, :, None].expand(-1, -1, 4))
     chosen = chosen * found[:, :, None].to(chosen.dtype)
     return idx, chosen
+
+
+def assignment_plan(
+    cost: Tensor,
+    row_mask: Tensor,
+    col_mask: Tensor,
+    *,
+    eps: float = 0.1,
+    n_iters: int = 100,
+    method: Method = "sinkhorn_stabilized",
+    grad: GradMode = "envelope",
+) -> Tensor:
+    """Entropic one-to-one assignment of rows (arguments) to columns (regions): (B, N, M) plan.
+
+    With n real rows and m real columns, every row and every column carries 1 / max(n, m); a slack row takes the
+    m - n columns left over (a slack column the rows left over when n > m) at a constant cost, which an entropic
+    plan ignores (a constant row is absorbed by its potential). So no region has to be spent on an argument, and no
+    argument is spread over several regions because regions outnumber arguments; as ``eps`` -> 0 the plan tends to
+    the minimum-cost matching of arguments to distinct regions. Returns the real rows and columns only (the slack
+    dropped); zero on masked entries and for samples without a real row or column.
+    """
+    if cost.dim() != 3:
+        raise ValueError(f"cost must be (B, N, M), got shape {tuple(cost.shape)}")
+    bsz, n, m = cost.shape
+    rows = _mask(row_mask, (bsz, n), "row_mask", cost.device)
+    cols = _mask(col_mask, (bsz, m), "col_mask", cost.device)
+    dtype = torch.promote_types(cost.dtype, torch.float32)
+    n_real, m_real = rows.sum(1, keepdim=True).to(dtype), cols.sum(1, keepdim=True).to(dtype)
+    unit = 1.0 / torch.maximum(n_real, m_real).clamp_min(1.0)
+    a = torch.cat([rows.to(dtype) * unit, (m_real - n_real).clamp_min(0) * unit], 1)
+    b = torch.cat([cols.to(dtype) * unit, (n_real - m_real).clamp_min(0) * unit], 1)
+    plan = solve_ot(F.pad(cost, (0, 1, 0, 1)), a > 0, b > 0, a, b, eps=eps, n_iters=n_iters, tol=None,
+                    method=method, grad=grad).plan
+    return plan[:, :n, :m]  # masked entries are 0 in solve_ot's plan, so a sample with no real row or column is 0
+
+
+def grounding_plan(
+    arg_emb: Tensor,
+    region_emb: Tensor,
+    arg_mask: Tensor,
+    region_mask: Tensor,
+    *,
+    marginals: Marginals = "assignment",
+    eps: float = 0.1,
+    n_iters: int = 50,
+    reg_m: float | None = None,
+    method: Method = "sinkhorn_stabilized",
+) -> Tensor:
+    """The plan that `ground` reads argument regions from, cost 1 - cosine: (B, N, D) x (B, M, D) -> (B, N, M).
+
+    The plan `ot_alignment_loss` returns with the same options (``reg_m`` applies to ``"uniform"`` only; the
+    assignment is balanced by construction). ``"assignment"`` grounds better than ``"uniform"`` on EventWorld's
+    validation split, for the full model and for plain CLIP alike, whatever marginals the head trained with.
+    """
+    cost = cosine_cost(arg_emb, region_emb)
+    return _transport(cost, arg_mask, region_mask, marginals, eps=eps, n_iters=n_iters,
+                      reg_m=reg_m if marginals == "uniform" else None, method=method, grad="envelope").plan

@@ -3,6 +3,7 @@
     python benchmarks/evaluate.py --ckpt runs/demo/checkpoints/last.ckpt \
         --baseline-ckpt runs/eventworld-clip-baseline/checkpoints/last.ckpt \
         --shards 'shards/eventworld/test-*.tar' --out benchmarks/results/eval --run runs/demo [--limit N] [--json]
+        [--grounding-decoder assignment|uniform]
 
 The test split is read exactly as `align test` reads it (`EventDataModule` with each checkpoint's own data
 settings: same primary descriptions, hard negatives, regions and argument lists). Columns: `model` (--ckpt),
@@ -14,8 +15,10 @@ settings: same primary descriptions, hard negatives, regions and argument lists)
 - hard negatives, per kind: sim(image, primary positive) > sim(image, negative). Blind: the same comparison by a
   word-bigram language model (interpolated with an add-one unigram, lower case, mean log-probability per word)
   fit on the training split's positive descriptions: what a text-only prior tells from the corruption alone.
-- grounding: each argument ("Role: text") goes to the region carrying most of its OT plan mass, as in training
-  evaluation; correct when IoU with its gold box >= the checkpoint's `grounding_iou` (0.5). Blind: the region whose
+- grounding: each argument ("Role: text") goes to the region carrying most of its mass in the OT plan with
+  `--grounding-decoder` marginals (`align.ot.grounding_plan`: "assignment", the default, an entropic one-to-one
+  assignment of arguments to regions; "uniform", every region transported), with the checkpoint's OT eps and
+  iterations; correct when IoU with its gold box >= the checkpoint's `grounding_iou` (0.5). Blind: the region whose
   box (centre and size as fractions of the image) is nearest to that role's mean gold box in the training split
   (box geometry only; the largest region for a role never seen).
 - zero-shot event type: the type prompt (`align.inference.type_prompts`) most similar to the image; accuracy and
@@ -54,7 +57,7 @@ from align.inference import CheckpointError, encode_texts, load_module, read_che
 from align.losses import hard_negative_correct  # noqa: E402
 from align.mee import MODES, evaluate_mee, list_images, predict_mee  # noqa: E402
 from align.module import EventAlignModule  # noqa: E402
-from align.ot import ground  # noqa: E402
+from align.ot import MARGINALS, Marginals, ground, grounding_plan  # noqa: E402
 from align.schema import NEGATIVE_KINDS, RECORD_EXT, Sample  # noqa: E402
 from benchmarks import eval_plots  # noqa: E402
 from benchmarks.eval_blind import TrainStats, blind_mee, blind_raw, grounding_chance  # noqa: E402
@@ -62,7 +65,7 @@ from data_gen.eventworld.m2e2 import read_m2e2  # noqa: E402
 from data_gen.shards import iter_records  # noqa: E402
 
 MODELS = ("model", "plain_clip", "blind")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 # --------------------------------------------------------------------------- metrics
@@ -181,8 +184,8 @@ def split_loader(module: EventAlignModule, settings: dict[str, Any], shards: str
 
 
 @torch.no_grad()
-def collect(module: EventAlignModule, settings: dict[str, Any], shards: str, limit: int | None,
-            desc: str) -> dict[str, Any]:
+def collect(module: EventAlignModule, settings: dict[str, Any], shards: str, limit: int | None, desc: str,
+            decoder: Marginals = "assignment") -> dict[str, Any]:
     """Embeddings, hard-negative verdicts, grounded boxes, type predictions and thumbnails of every test sample."""
     loader, recorder = split_loader(module, settings, shards)
     device = next(module.parameters()).device
@@ -197,7 +200,9 @@ def collect(module: EventAlignModule, settings: dict[str, Any], shards: str, lim
         batch = {k: (v[:take].to(device) if isinstance(v, Tensor) else v[:take]) for k, v in batch.items()}
         seen += take
         out = module._forward(batch)  # the encoding `align test` runs: image, regions, positives, negatives, args
-        plan = module._ot(batch, out, with_negatives=False).plan
+        c = module.ot_config
+        plan = grounding_plan(out["args"], out["regions"], batch["arg_mask"], out["region_mask"], marginals=decoder,
+                              eps=c.eps, n_iters=c.n_iters, reg_m=c.reg_m, method=c.method)
         _, pred_boxes = ground(plan, batch["boxes"], batch["arg_mask"], out["region_mask"])
         image = out["image"].float()
         for k, v in {"image": image, "text": out["pos"][:, 0].float(),
@@ -236,12 +241,13 @@ def _to_uint8(images: Tensor, module: EventAlignModule) -> Tensor:
 
 
 def cached_collect(name: str, ckpt: Path, settings: dict[str, Any], shards: str, limit: int | None,
-                   mee: str | None, cache: Path, device: str) -> tuple[dict[str, Any], EventAlignModule]:
-    """`collect`, or its saved result when library version, checkpoint, shards, limit and MEE boxes are unchanged
-    (delete OUT/.cache after changing the evaluation code without a version bump)."""
+                   mee: str | None, cache: Path, device: str,
+                   decoder: Marginals = "assignment") -> tuple[dict[str, Any], EventAlignModule]:
+    """`collect`, or its saved result when library version, checkpoint, shards, limit, MEE boxes and grounding
+    decoder are unchanged (delete OUT/.cache after changing the evaluation code without a version bump)."""
     st = ckpt.stat()
     fingerprint = hashlib.sha1(json.dumps([CACHE_VERSION, __version__, str(ckpt.resolve()), st.st_size, st.st_mtime_ns,
-                                           expand_shards(shards, "test"), limit, mee]).encode()).hexdigest()
+                                           expand_shards(shards, "test"), limit, mee, decoder]).encode()).hexdigest()
     module = load_module(ckpt, device)
     path = cache / f"{name}.pt"
     if path.is_file():
@@ -253,7 +259,7 @@ def cached_collect(name: str, ckpt: Path, settings: dict[str, Any], shards: str,
         if saved.get("fingerprint") == fingerprint:
             print(f"{name}: reusing {path}", file=sys.stderr)
             return saved["raw"], module
-    raw = collect(module, settings, shards, limit, desc=name)
+    raw = collect(module, settings, shards, limit, desc=name, decoder=decoder)
     if mee is not None:
         raw["mee"] = predict_test_mee(module, shards, raw["keys"], mee)
     with atomic_open(path, "wb") as f:
@@ -315,7 +321,8 @@ def report_markdown(report: dict[str, Any]) -> str:
              _table(f"Retrieval over {meta['num_samples']} pairs (hit@k = the paper's R@K; blind = chance)",
                     retrieval, cols),
              _table("Hard-negative accuracy (blind: bigram language model of training descriptions)", hardneg, cols),
-             _table(f"Grounding accuracy, IoU >= {meta['grounding_iou']} (blind: mean training box per role)",
+             _table(f"Grounding accuracy, IoU >= {meta['grounding_iou']}, `{meta['grounding_decoder']}` decoder "
+                    "(blind: mean training box per role)",
                     grounding, cols) + f"\nA region drawn at random from the candidates: {_fmt(chance)}.\n",
              _table("Zero-shot event type (blind: majority training type)", types, cols)]
     if res["model"].get("mee"):
@@ -342,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--examples", type=int, default=4, help="queries / images in the retrieval and grounding plots")
     p.add_argument("--mee-boxes", choices=("record", "grid"), default="record",
                    help="MEE candidate regions: the records' object boxes (as grounding) or grid proposals")
+    p.add_argument("--grounding-decoder", choices=MARGINALS, default="assignment",
+                   help="marginals of the OT plan the arguments' regions are read from (align.ot.grounding_plan)")
     p.add_argument("--no-mee", action="store_true", help="skip MEE (it is also skipped when no gold file exists)")
     p.add_argument("--no-plots", action="store_true", help="write only eval.json and eval.md")
     p.add_argument("--device", default="cpu")
@@ -374,7 +383,8 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     for name, ckpt in (("model", args.ckpt), ("plain_clip", args.baseline_ckpt)):
         if ckpt is not None:
             own = settings if name == "model" else data_settings(read_checkpoint(ckpt))
-            raws[name], modules[name] = cached_collect(name, ckpt, own, shards, args.limit, mee, cache, args.device)
+            raws[name], modules[name] = cached_collect(name, ckpt, own, shards, args.limit, mee, cache, args.device,
+                                                       args.grounding_decoder)
     train_urls = expand_shards(train_shards, "train shards")
     samples = tqdm(iter_records(train_urls), desc="training statistics", unit="sample", leave=False)
     stats = TrainStats(samples, settings.get("positive_kinds", ("long", "caption")), modules["model"])
@@ -404,6 +414,7 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     meta = {"ckpt": str(args.ckpt), "baseline_ckpt": str(args.baseline_ckpt) if args.baseline_ckpt else None,
             "shards": shards, "train_shards": train_shards, "num_samples": n, "limit": args.limit,
             "gold": str(gold_path) if use_mee else None, "mee_boxes": mee, "grounding_iou": iou,
+            "grounding_decoder": args.grounding_decoder,
             "retrieval_k": list(ks), "chance_retrieval": chance, "majority_type": stats.majority, "plots": plots,
             "blind": blind}
     report = {"meta": meta, "models": results}

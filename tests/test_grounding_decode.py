@@ -1,0 +1,126 @@
+"""Assignment marginals (`align.ot.assignment_plan`): exact grounding picks on small costs (`grounding_plan`), and
+in the OT head (`marginals="assignment"`) a bystander region neither costs nor pulls."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from align.ot import (
+    assignment_plan,
+    cosine_cost,
+    ground,
+    grounding_plan,
+    ot_alignment_loss,
+    pairwise_ot_distance,
+    solve_ot,
+)
+
+BOXES = torch.tensor([[[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [60, 0, 70, 10]]], dtype=torch.float64)
+
+
+def _pick(plan: torch.Tensor, amask: torch.Tensor, rmask: torch.Tensor) -> list[list[int]]:
+    return ground(plan, BOXES[:, : plan.shape[2]].expand(plan.shape[0], -1, -1), amask, rmask)[0].tolist()
+
+
+def test_one_argument_takes_its_cheapest_region_not_the_uniform_plan_row() -> None:
+    # One argument, three regions: the balanced plan must ship every region's mass to it (a uniform row, no
+    # information); the assignment sends the two unnamed regions to the slack row.
+    cost = torch.tensor([[[0.9, 0.1, 0.5]]], dtype=torch.float64)
+    amask, rmask = torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 3, dtype=torch.bool)
+    balanced = solve_ot(cost, amask, rmask, eps=0.1, n_iters=100).plan
+    assert torch.allclose(balanced, torch.full_like(balanced, 1 / 3))
+    assert _pick(assignment_plan(cost, amask, rmask, eps=0.1, n_iters=100), amask, rmask) == [[1]]
+
+
+def test_two_arguments_wanting_one_region_get_distinct_regions() -> None:
+    # Both prefer region 0; the cheapest one-to-one matching is arg0 -> 1, arg1 -> 0 (0.3 + 0.2 < 0.1 + 0.9).
+    cost = torch.tensor([[[0.1, 0.3, 1.0], [0.2, 0.9, 1.0]]], dtype=torch.float64)
+    amask, rmask = torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 3, dtype=torch.bool)
+    assert cost.argmin(2).tolist() == [[0, 0]]
+    # the balanced plan must also spend region 2 (which nobody wants) and hands it to arg1
+    assert _pick(solve_ot(cost, amask, rmask, eps=0.02, n_iters=500).plan, amask, rmask) == [[1, 2]]
+    assert _pick(assignment_plan(cost, amask, rmask, eps=0.02, n_iters=500), amask, rmask) == [[1, 0]]
+
+
+def test_assignment_marginals_masks_and_empty_samples() -> None:
+    gen = torch.Generator().manual_seed(0)
+    cost = torch.rand(4, 3, 4, generator=gen, dtype=torch.float64)
+    amask = torch.tensor([[True, True, False], [True, True, True], [False, False, False], [True, True, True]])
+    rmask = torch.tensor([[True, True, True, True], [True, True, False, False], [True, True, True, True],
+                          [False, False, False, False]])
+    plan = assignment_plan(cost, amask, rmask, eps=0.05, n_iters=2000)
+    # sample 0: 2 arguments, 4 regions -> every argument and every region carries 1/4 (regions partly to slack)
+    assert torch.allclose(plan[0, :2].sum(1), torch.full((2,), 0.25, dtype=torch.float64), atol=1e-6)
+    assert (plan[0].sum(0) <= 0.25 + 1e-6).all() and plan[0, 2].abs().sum() == 0
+    # sample 1: 3 arguments, 2 regions -> each region is full (1/3), each argument carries at most 1/3
+    assert torch.allclose(plan[1, :, :2].sum(0), torch.full((2,), 1 / 3, dtype=torch.float64), atol=1e-6)
+    assert (plan[1].sum(1) <= 1 / 3 + 1e-6).all() and plan[1, :, 2:].abs().sum() == 0
+    # samples without an argument or without a region: an all-zero plan and no pick
+    assert plan[2:].abs().sum() == 0
+    assert _pick(plan, amask, rmask)[2:] == [[-1, -1, -1]] * 2
+
+
+def test_small_eps_assignment_equals_the_brute_force_matching() -> None:
+    gen = torch.Generator().manual_seed(1)
+    checked = 0
+    for _ in range(40):
+        n, m = int(torch.randint(1, 4, (), generator=gen)), int(torch.randint(3, 5, (), generator=gen))
+        cost = torch.randint(0, 20, (1, n, m), generator=gen).double() / 10  # costs in [0, 2], like 1 - cosine
+        totals = sorted((sum(float(cost[0, i, j]) for i, j in enumerate(p)), p)
+                        for p in itertools.permutations(range(m), n))
+        if len(totals) > 1 and totals[1][0] - totals[0][0] < 0.1:
+            continue  # near-tie: any solver may pick either matching
+        amask, rmask = torch.ones(1, n, dtype=torch.bool), torch.ones(1, m, dtype=torch.bool)
+        plan = assignment_plan(cost, amask, rmask, eps=0.005, n_iters=3000, method="sinkhorn_log")
+        assert _pick(plan, amask, rmask) == [list(totals[0][1])]
+        checked += 1
+    assert checked >= 15
+
+
+def test_grounding_plan_is_the_ot_heads_plan() -> None:
+    gen = torch.Generator().manual_seed(2)
+    args, regions = torch.randn(3, 4, 8, generator=gen), torch.randn(3, 5, 8, generator=gen)
+    amask = torch.tensor([[True] * 4, [True, True, False, False], [True] * 4])
+    rmask = torch.tensor([[True] * 5, [True] * 5, [True, True, True, False, False]])
+    for marginals in ("uniform", "assignment"):
+        head = ot_alignment_loss(args, regions, amask, rmask, eps=0.1, n_iters=50, marginals=marginals).plan
+        plan = grounding_plan(args, regions, amask, rmask, marginals=marginals, eps=0.1, n_iters=50)
+        assert torch.allclose(plan, head, atol=1e-6)
+    assign = grounding_plan(args, regions, amask, rmask, eps=0.1, n_iters=50)  # the default
+    assert torch.allclose(assign, assignment_plan(cosine_cost(args, regions), amask, rmask, eps=0.1, n_iters=50))
+    # reg_m relaxes the uniform plan only; the assignment is balanced by construction
+    relaxed = grounding_plan(args, regions, amask, rmask, marginals="uniform", reg_m=0.5)
+    assert not torch.allclose(relaxed, grounding_plan(args, regions, amask, rmask, marginals="uniform"), atol=1e-4)
+    assert torch.equal(grounding_plan(args, regions, amask, rmask, reg_m=0.5), grounding_plan(args, regions, amask,
+                                                                                            rmask))
+
+
+def test_assignment_marginals_ignore_a_bystander_region() -> None:
+    # One argument equal to region 0; region 1 (orthogonal) is a bystander no argument names.
+    args = torch.tensor([[[1.0, 0.0]]], requires_grad=True)
+    regions = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], requires_grad=True)
+    amask, rmask = torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool)
+    uniform = ot_alignment_loss(args, regions, amask, rmask, eps=0.05, n_iters=200)
+    assert uniform.d_true.item() == pytest.approx(0.5, abs=1e-5)  # half the mass must go to the bystander
+    (g_uniform,) = torch.autograd.grad(uniform.d_true.sum(), regions)
+    assigned = ot_alignment_loss(args, regions, amask, rmask, eps=0.05, n_iters=200, marginals="assignment")
+    assert assigned.d_true.item() == pytest.approx(0.0, abs=1e-4)  # the mean cost of the argument's own match
+    (g_assigned,) = torch.autograd.grad(assigned.d_true.sum(), regions)
+    assert g_uniform[0, 1].abs().sum() > 0.1 and g_assigned[0, 1].abs().sum() < 1e-6  # no pull on the bystander
+
+
+def test_pairwise_assignment_diagonal_is_the_heads_distance_and_bad_options_are_refused() -> None:
+    gen = torch.Generator().manual_seed(3)
+    args, regions = torch.randn(3, 3, 8, generator=gen), torch.randn(3, 5, 8, generator=gen)
+    amask = torch.tensor([[True, True, True], [True, False, False], [False, False, False]])
+    rmask = torch.tensor([[True] * 5, [True, True, False, False, False], [True] * 5])
+    pair = pairwise_ot_distance(args, amask, regions, rmask, marginals="assignment")
+    head = ot_alignment_loss(args, regions, amask, rmask, marginals="assignment")
+    assert torch.allclose(pair.diagonal(), head.d_true, atol=1e-5) and head.d_true[2] == 0
+    with pytest.raises(ValueError, match="set reg_m=None"):
+        pairwise_ot_distance(args, amask, regions, rmask, marginals="assignment", reg_m=1.0)
+    with pytest.raises(ValueError, match="marginals must be one of"):
+        ot_alignment_loss(args, regions, amask, rmask, marginals="sparse")  # type: ignore[arg-type]
