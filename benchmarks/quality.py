@@ -13,11 +13,12 @@ The four models are four configs that differ only in `model.weights` (tests/test
 | `clip+ot` | configs/ablation-ot.yaml | + the OT argument head (cross-sample OT contrast, role hinge), no hard negs |
 | `full` | configs/demo.yaml | hard negatives + OT (what `make demo` trains) |
 
-Each model trains with `align.demo.train_and_test` in RUNS/NAME-STEPSsteps-SHA (SHA: a prefix of the config
-file's sha256; a killed run resumes from its last checkpoint) and its test metrics go into OUT (`{"models": {name:
-{"hardneg_acc": {kind: acc}, "retrieval": {...}, "grounding_acc", "train_seconds", "global_step", ...}},
-"targets": {...}, "met": {...}}`), rewritten atomically after every model; a model already in OUT with the same
-config (path and content), steps and shards is not trained again. The EventWorld shards are rendered first when
+Each model trains with `align.demo.train_and_test` in RUNS/NAME-STEPSsteps-SHA-CODE (SHA: a prefix of the
+config file's sha256, CODE: of `code_digest()`, the library's training code; a killed run resumes from its last
+checkpoint) and its test metrics go into OUT (`{"models": {name: {"hardneg_acc": {kind: acc}, "retrieval": {...},
+"grounding_acc", "train_seconds", "global_step", ...}}, "targets": {...}, "met": {...}}`), rewritten atomically
+after every model; a model already in OUT with the same config (path and content), library code, steps and shards
+is not trained again. The EventWorld shards are rendered first when
 missing (8,000 samples, seed 0, as `make demo`). `--steps` overrides every config's `trainer.max_steps` (the
 default is the configs' own budget, the demo's). Plain CLIP is the named peer: the table gives each model's
 role_swap gain over it.
@@ -133,6 +134,15 @@ def _model_arg(text: str) -> tuple[str, str]:
     return name, path
 
 
+def code_digest() -> str:
+    """sha256 of the library's training code (`align/*.py`) and tiny model configs: a result computed by other code
+    is stale even when the config file is the same (a changed default changes what the config means)."""
+    h = hashlib.sha256()
+    for path in sorted([*(REPO / "align").glob("*.py"), *(REPO / "configs" / "models").glob("*.json")]):
+        h.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks/quality.py", description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="also print the JSON document")
@@ -154,16 +164,18 @@ def main(argv: list[str] | None = None) -> int:
 
     ensure_eventworld(args.shards, args.num_samples, 0, 2)
     doc = _load(args.out)
+    code = code_digest()
     for i, (name, config) in enumerate(configs.items()):
         steps = args.steps or _steps_of(config)
         sha = hashlib.sha256(config.read_bytes()).hexdigest()
-        want = {"config": _rel(config), "config_sha256": sha, "max_steps": steps, "shards": _rel(args.shards)}
+        want = {"config": _rel(config), "config_sha256": sha, "code_sha256": code, "max_steps": steps,
+                "shards": _rel(args.shards)}
         done = doc["models"].get(name)
         if done and all(done.get(k) == v for k, v in want.items()):
             print(f"[quality] {i + 1}/{len(configs)} {name}: already in {args.out}, skipped", file=sys.stderr)
             continue
         print(f"[quality] {i + 1}/{len(configs)} {name}: training {config} for {steps} steps", file=sys.stderr)
-        results = train_and_test(config, args.shards, args.runs / f"{name}-{steps}steps-{sha[:8]}", steps)
+        results = train_and_test(config, args.shards, args.runs / f"{name}-{steps}steps-{sha[:8]}-{code[:8]}", steps)
         doc["models"][name] = {**want, **results}
         doc["targets"], doc["met"] = TARGETS, met(doc["models"])
         args.out.parent.mkdir(parents=True, exist_ok=True)

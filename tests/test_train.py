@@ -237,7 +237,9 @@ def test_quality_ablation_writes_table_and_resumes(shards: Path, tmp_path: Path,
         assert set(r["retrieval"]) == {f"{d}_hit@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
         assert 0.0 <= r["grounding_acc"] <= 1.0
     assert set(doc["met"]) == set(doc["targets"]) and all(isinstance(v, bool) for v in doc["met"].values())
-    run = tmp_path / "runs" / f"full-2steps-{doc['models']['full']['config_sha256'][:8]}"
+    full_doc = doc["models"]["full"]
+    assert full_doc["code_sha256"] == quality.code_digest()
+    run = tmp_path / "runs" / f"full-2steps-{full_doc['config_sha256'][:8]}-{full_doc['code_sha256'][:8]}"
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "csv").is_dir() and not (tmp_path / "unused").exists(), "logs go beside the checkpoints"
     printed = capsys.readouterr().out
@@ -249,6 +251,11 @@ def test_quality_ablation_writes_table_and_resumes(shards: Path, tmp_path: Path,
     monkeypatch.setattr(quality, "train_and_test", no_training)
     assert quality.main(argv) == 0
     assert json.loads(out.read_text()) == doc
+    monkeypatch.setattr(quality, "code_digest", lambda: "0" * 64)  # so is one trained by other library code
+    with pytest.raises(AssertionError, match="trained again"):
+        quality.main(argv)
+    monkeypatch.undo()
+    monkeypatch.setattr(quality, "train_and_test", no_training)
     full.write_text(full.read_text() + "# edited\n")  # a changed config is trained again
     with pytest.raises(AssertionError, match="trained again"):
         quality.main(argv)
