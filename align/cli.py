@@ -53,7 +53,9 @@ class SaveFinalStep(Callback):
                            batch_idx: int) -> None:
         step, ckpt = trainer.global_step, self.checkpoint
         if step == trainer.max_steps and ckpt.dirpath and (not self.every or step % self.every):
-            trainer.save_checkpoint(Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}")
+            # through ModelCheckpoint, so it records the save: otherwise its train-end hook writes the same
+            # weights again beside it as `last-v1.ckpt`
+            ckpt._save_last_checkpoint(trainer, ckpt._monitor_candidates(trainer))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -114,6 +114,7 @@ def test_resume_from_last_checkpoint(shards: Path, tmp_path: Path) -> None:
     assert steps == list(range(6, 10)), "the resumed run continues at step 6"
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 10 and ckpt["eventalign"]["config"]["trainer"]["max_steps"] == 10
+    assert not list(last.parent.glob("last-v*.ckpt")), "the final step is saved once, as last.ckpt"
     assert ckpt["eventalign"]["config"]["weights_only"] is True, "the resume loaded the checkpoint without pickle"
 
 
@@ -240,7 +241,7 @@ def test_quality_ablation_writes_table_and_resumes(shards: Path, tmp_path: Path,
     full_doc = doc["models"]["full"]
     assert full_doc["code_sha256"] == quality.code_digest()
     run = tmp_path / "runs" / f"full-2steps-{full_doc['config_sha256'][:8]}-{full_doc['code_sha256'][:8]}"
-    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
     assert (run / "csv").is_dir() and not (tmp_path / "unused").exists(), "logs go beside the checkpoints"
     printed = capsys.readouterr().out
     assert "| `full` |" in printed and "target (full)" in printed and '"models"' in printed
