@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -20,13 +21,26 @@ import yaml
 from align.atomic import atomic_write_text
 from align.schema import NEGATIVE_KINDS
 from data_gen.cli import main as data_gen_main
-from data_gen.shards import MANIFEST
+from data_gen.eventworld import WORLD_VERSION
+from data_gen.eventworld.cli import stored_world_version
+from data_gen.shards import MANIFEST, ShardError
 
+RUN_STAMP = "shards.json"  # in a demo run folder: which shard set it trains on
 RETRIEVAL_KEYS = tuple(f"{d}_hit@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10))
 
 
 def ensure_eventworld(shards: Path, num_samples: int, seed: int, workers: int) -> None:
-    """Render the EventWorld shards unless a finished set is already there (a partial set resumes)."""
+    """Render the EventWorld shards unless a finished set of this world version is already there (a partial set
+    resumes). A set of another world version is moved aside to `<dir>.stale-v<old>`, never deleted (it may hold
+    what an earlier report was computed on), and the set is rendered anew."""
+    try:
+        old = stored_world_version(shards)
+    except ShardError as e:
+        raise SystemExit(str(e)) from e
+    if old is not None and old != WORLD_VERSION:
+        stale = move_aside(shards, f"stale-v{old}")
+        print(f"{shards} held EventWorld version {old} shards; this is version {WORLD_VERSION}: moved them to "
+              f"{stale} and rendering anew")
     manifest = shards / MANIFEST
     if manifest.exists() and json.loads(manifest.read_text()).get("num_samples") == num_samples:
         print(f"using EventWorld shards in {shards}")
@@ -35,6 +49,30 @@ def ensure_eventworld(shards: Path, num_samples: int, seed: int, workers: int) -
                           "--seed", str(seed), "--workers", str(workers)])
     if code:
         raise SystemExit(code)
+
+
+def move_aside(path: Path, tag: str) -> Path:
+    """Rename `path` to `<path>.<tag>` (`-2`, `-3`, ... when taken) and return the new name: never deleted."""
+    target, n = path.with_name(f"{path.name}.{tag}"), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.{tag}-{n}")
+    path.rename(target)
+    return target
+
+
+def claim_run(out: Path, shards: Path) -> None:
+    """Let `out` resume only a run trained on these very shards (`RUN_STAMP` holds the sha256 of their manifest,
+    which lists every shard's sha256). A run made on other shards, e.g. an older EventWorld version, or one from
+    before stamps, is moved aside to `<out>.stale` instead of being continued or reported on the new data."""
+    stamp = out / RUN_STAMP
+    want = {"shards": str(shards), "manifest_sha256": hashlib.sha256((shards / MANIFEST).read_bytes()).hexdigest()}
+    if (out / "checkpoints").exists():
+        have = json.loads(stamp.read_text(encoding="utf-8")) if stamp.exists() else {}
+        if have.get("manifest_sha256") != want["manifest_sha256"]:
+            print(f"{out} holds a run trained on other shards: moved it to {move_aside(out, 'stale')}")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, json.dumps(want, indent=1) + "\n")
 
 
 def train_and_test(config: Path, shards: Path, out: Path, max_steps: int | None) -> dict[str, Any]:
@@ -101,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     ensure_eventworld(args.shards, args.num_samples, args.seed, args.workers)
+    claim_run(args.out, args.shards)
     name = args.config.stem
     results = train_and_test(args.config, args.shards, args.out, args.max_steps)
     report = {"models": {name: results}, "shards": str(args.shards), "config": str(args.config)}

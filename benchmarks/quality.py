@@ -14,12 +14,13 @@ The four models are four configs that differ only in `model.weights` (tests/test
 | `full` | configs/demo.yaml | hard negatives + OT (what `make demo` trains) |
 
 Each model trains with `align.demo.train_and_test` in RUNS/NAME-STEPSsteps-SHA-CODE (SHA: a prefix of the
-config file's sha256, CODE: of `code_digest()`, the library's training code; a killed run resumes from its last
-checkpoint) and its test metrics go into OUT (`{"models": {name: {"hardneg_acc": {kind: acc}, "retrieval": {...},
-"grounding_acc", "train_seconds", "global_step", ...}}, "targets": {...}, "met": {...}}`), rewritten atomically
-after every model; a model already in OUT with the same config (path and content), library code, steps and shards
-is not trained again. The EventWorld shards are rendered first when
-missing (8,000 samples, seed 0, as `make demo`). `--steps` overrides every config's `trainer.max_steps` (the
+config file's sha256, CODE: of `code_digest()`, the library's training code and the EventWorld version; a killed
+run resumes from its last checkpoint) and its test metrics go into OUT (`{"models": {name: {"hardneg_acc": {kind:
+acc}, "retrieval": {...}, "grounding_acc", "train_seconds", "global_step", ...}}, "targets": {...}, "met":
+{...}}`), rewritten atomically after every model; a model already in OUT with the same config (path and
+content), library code, EventWorld version, steps and shards is not trained again. The EventWorld shards are
+rendered first (8,000 samples, seed 0, as `make demo`) when missing or of another world version (that set is moved
+aside). `--steps` overrides every config's `trainer.max_steps` (the
 default is the configs' own budget, the demo's). Plain CLIP is the named peer: the table gives each model's
 role_swap gain over it.
 """
@@ -40,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from align.atomic import atomic_write_text  # noqa: E402
 from align.demo import RETRIEVAL_KEYS, ensure_eventworld, train_and_test  # noqa: E402
+from data_gen.eventworld import WORLD_VERSION  # noqa: E402
 
 MODELS = {
     "clip": "configs/eventworld-clip-baseline.yaml",
@@ -135,9 +137,10 @@ def _model_arg(text: str) -> tuple[str, str]:
 
 
 def code_digest() -> str:
-    """sha256 of the library's training code (`align/*.py`) and tiny model configs: a result computed by other code
-    is stale even when the config file is the same (a changed default changes what the config means)."""
-    h = hashlib.sha256()
+    """sha256 of the library's training code (`align/*.py`), tiny model configs and the EventWorld version: a result
+    computed by other code is stale even when the config file is the same (a changed default changes what the
+    config means), and so is one (or a checkpoint) made on another world's pictures and captions."""
+    h = hashlib.sha256(f"eventworld v{WORLD_VERSION}\0".encode())
     for path in sorted([*(REPO / "align").glob("*.py"), *(REPO / "configs" / "models").glob("*.json")]):
         h.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = args.steps or _steps_of(config)
         sha = hashlib.sha256(config.read_bytes()).hexdigest()
         want = {"config": _rel(config), "config_sha256": sha, "code_sha256": code, "max_steps": steps,
-                "shards": _rel(args.shards)}
+                "shards": _rel(args.shards), "world_version": WORLD_VERSION}
         done = doc["models"].get(name)
         if done and all(done.get(k) == v for k, v in want.items()):
             print(f"[quality] {i + 1}/{len(configs)} {name}: already in {args.out}, skipped", file=sys.stderr)

@@ -1,10 +1,14 @@
-"""EventWorld: determinism, gold consistency, role swaps, sizes, schema and M2E2 round trips."""
+"""EventWorld: determinism, gold consistency, role swaps (and which ones the picture can verify), sizes, schema,
+M2E2 round trips and the world version (manifest, resume refusal, demo re-render, quality result key)."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +17,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from align.demo import ensure_eventworld
 from align.ontology import Ontology
-from align.schema import Argument, Sample
-from data_gen.eventworld import EVENT_TYPES, VISIBLE_TYPES, event_type_for, render_sample, visible_alternatives
+from align.schema import Argument, Event, Negative, Sample, Trigger
+from data_gen.cli import main as data_gen_main
+from data_gen.eventworld import (
+    EVENT_TYPES,
+    VISIBLE_TYPES,
+    WORLD_VERSION,
+    build_scene,
+    event_type_for,
+    render_sample,
+    render_scene,
+    visible_alternatives,
+)
+from data_gen.eventworld.audit import audit, swap_verdict
+from data_gen.eventworld.captions import BUILDING_PLACES, building_style
+from data_gen.eventworld.cli import EventWorldSamples, stored_world_version
 from data_gen.eventworld.m2e2 import read_m2e2, write_m2e2_gold
 from data_gen.eventworld.preview import preview_grid
+from data_gen.shards import MANIFEST
 
 ONTOLOGY = Ontology.default()
 SWAPS = {
@@ -210,6 +229,8 @@ def test_visible_alternatives() -> None:
     places = visible_alternatives(Argument("Place", "a market in Kabul", "place"), "Contact.Meet")
     assert len(places) == 4 and "the port of Kabul" in places and "a market in Kabul" not in places
     assert visible_alternatives(Argument("Origin", "Gao", "place"), "Movement.Transport") == []
+    ends = visible_alternatives(Argument("Origin", "a warehouse in Mexico City", "place"), "Movement.Transport")
+    assert ends == ["a house in Mexico City", "an office building in Mexico City", "a clinic in Mexico City"]
     # without the event type (the negatives generator's entity_pool hook): union over types having the role
     assert "a vehicle" in visible_alternatives(Argument("Instrument", "a rifle", "weapon"))
     for s in [render_sample(i, 4) for i in range(16)]:
@@ -224,3 +245,112 @@ def test_preview_grid(samples: list[Sample], tmp_path) -> None:
     path = preview_grid(samples[:8], tmp_path / "grid.png", cols=4)
     im = Image.open(path)
     assert im.width > 4 * 128 and im.height > 2 * 128
+
+
+# --------------------------------------------------------------------------- Transport ends name their buildings
+def test_transport_places_name_the_drawn_buildings() -> None:
+    ends: dict[str, set[str]] = {"Origin": set(), "Destination": set()}
+    for index in range(40):
+        scene = build_scene(index, 5, "Movement.Transport", ONTOLOGY)
+        sample = render_scene(scene, ontology=ONTOLOGY)
+        event = sample.events[0]
+        drawn = {}
+        for role in ends:
+            style = scene.slots[scene.slot_index(role)].filler.style
+            arg = event.argument(role)
+            assert sample.caption[arg.char_start:arg.char_end] == arg.text and arg.entity_type == "place"
+            assert building_style(arg.text) == style, (sample.caption, role, style)
+            assert any(b.label == "building" for b in sample.regions)
+            drawn[role] = style
+            ends[role].add(style)
+        assert drawn["Origin"] != drawn["Destination"], sample.caption
+    # every style at either end: the words tell origin from destination only through the picture
+    assert ends["Origin"] == ends["Destination"] == set(BUILDING_PLACES)
+
+
+def test_transport_role_swap_exchanges_the_building_words() -> None:
+    make = EventWorldSamples(3, 128, {"role_swap": 2})
+    checked = 0
+    for index in range(64):
+        sample = make(index)
+        event = sample.events[0]
+        if event.type != "Movement.Transport":
+            continue
+        origin, dest = event.argument("Origin").text, event.argument("Destination").text
+        swaps = [n for n in sample.negatives if n.kind == "role_swap"
+                 and set(n.changed["roles"]) == {origin, dest}]
+        assert swaps, sample.caption
+        for n in swaps:
+            assert n.text.lower().index(dest.lower()) < n.text.lower().index(origin.lower()), n.text
+            assert swap_verdict(event, n) == "building style"
+        # the picture of the swapped scene draws what the swapped caption says
+        swapped = render_sample(index, 3, event_type=event.type, swap_roles=("Origin", "Destination"))
+        assert building_style(swapped.events[0].argument("Origin").text) == building_style(dest)
+        checked += 1
+    assert checked >= 4
+
+
+def test_audit_finds_no_unverifiable_role_swap() -> None:
+    make = EventWorldSamples(2, 128, {"role_swap": 2})
+    counts = audit(make(i) for i in range(48))
+    assert sum(sum(c.values()) for c in counts.values()) > 40
+    assert all(c["unverifiable"] == 0 for c in counts.values()), counts
+    assert counts["Movement.Transport"]["building style"] > 0
+    # the phrasing of world version 1: two city names, which no picture shows
+    old = Event("Movement.Transport", Trigger("heads", 0, 5),
+                [Argument("Origin", "Kharkiv", "place"), Argument("Destination", "Odesa", "place")])
+    swap = Negative("role_swap", "x", {"roles": {"Kharkiv": ["Origin", "Destination"],
+                                                 "Odesa": ["Destination", "Origin"]}})
+    assert swap_verdict(old, swap) == "unverifiable"
+
+
+# --------------------------------------------------------------------------- world version
+def _old_world_set(out: Path) -> dict:
+    """A partial 16-sample set as world version 1 left it: no `world_version` in its manifest, a shard missing."""
+    assert data_gen_main(["eventworld", "--out", str(out), "--num-samples", "16", "--samples-per-shard", "8",
+                          "--quiet"]) == 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["config"].pop("world_version") == WORLD_VERSION
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    (out / "train-000001.tar").unlink()
+    return manifest
+
+
+def test_resuming_a_set_of_another_world_version_is_refused(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ew"
+    _old_world_set(out)
+    assert stored_world_version(out) == 1 and stored_world_version(tmp_path) is None
+    assert data_gen_main(["eventworld", "--out", str(out), "--num-samples", "16", "--samples-per-shard", "8",
+                          "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert str(out) in err and "version 1" in err and f"version {WORLD_VERSION}" in err
+    assert not (out / "train-000001.tar").exists(), "nothing was written into the old set"
+
+
+def test_demo_moves_a_stale_set_aside_and_renders_anew(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ew"
+    old = _old_world_set(out)
+    ensure_eventworld(out, 16, 0, 1)
+    stale = tmp_path / "ew.stale-v1"
+    assert json.loads((stale / MANIFEST).read_text()) == old, "the old set is kept as it was"
+    assert f"moved them to {stale}" in capsys.readouterr().out
+    assert stored_world_version(out) == WORLD_VERSION
+    assert json.loads((out / MANIFEST).read_text())["num_samples"] == 16
+    ensure_eventworld(out, 16, 0, 1)  # a finished set of this version is used as it is
+    assert "using EventWorld shards" in capsys.readouterr().out
+    shutil.rmtree(out)
+    _old_world_set(out)
+    ensure_eventworld(out, 16, 0, 1)  # a second stale set does not overwrite the first
+    assert (tmp_path / "ew.stale-v1-2" / MANIFEST).exists() and stale.exists()
+
+
+def test_quality_results_are_keyed_by_the_world_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("quality", Path(__file__).resolve().parents[1] / "benchmarks"
+                                                  / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    digest = quality.code_digest()
+    assert quality.code_digest() == digest
+    monkeypatch.setattr(quality, "WORLD_VERSION", WORLD_VERSION + 1)
+    assert quality.code_digest() != digest  # so the run folder (NAME-STEPSsteps-SHA-CODE) and the result key

@@ -262,6 +262,32 @@ def test_quality_ablation_writes_table_and_resumes(shards: Path, tmp_path: Path,
         quality.main(argv)
 
 
+def test_demo_reports_and_never_continues_a_run_made_on_other_shards(shards: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from align import demo
+
+    cfg = write_config(tmp_path / "demo.yaml", shards, tmp_path / "unused", max_steps=50)
+    out = tmp_path / "demo"
+    argv = ["--shards", str(shards), "--out", str(out), "--config", str(cfg), "--num-samples", "96",
+            "--max-steps", "2"]
+    assert demo.main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["models"]["demo"]["global_step"] == 2
+    assert set(report["models"]["demo"]["hardneg_acc"]) >= {"type_swap", "role_swap", "arg_replace"}
+    assert "| demo |" in (out / "report.md").read_text() and "| demo |" in capsys.readouterr().out
+    first = (out / "checkpoints" / "last.ckpt").read_bytes()
+
+    assert demo.main(argv) == 0, "the same shards: the finished run is reused, not trained again"
+    assert (out / "checkpoints" / "last.ckpt").read_bytes() == first and not list(tmp_path.glob("demo.stale*"))
+
+    stamp = json.loads((out / demo.RUN_STAMP).read_text())
+    (out / demo.RUN_STAMP).write_text(json.dumps({**stamp, "manifest_sha256": "0" * 64}))  # as if other shards
+    assert demo.main(argv) == 0
+    assert (tmp_path / "demo.stale" / "checkpoints" / "last.ckpt").read_bytes() == first, "moved aside, intact"
+    assert "trained on other shards" in capsys.readouterr().out
+    assert json.loads((out / "report.json").read_text())["models"]["demo"]["global_step"] == 2
+
+
 def test_encode_texts_encodes_each_distinct_text_once_with_the_same_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     module = EventAlignModule("EventCLIP-Tiny")

@@ -6,10 +6,10 @@ depends only on (seed, index, options), so rendering can be split over processes
 """
 
 from data_gen.eventworld.captions import VISIBLE_TYPES, visible_alternatives
-from data_gen.eventworld.render import GENERATOR_VERSION, event_type_for, render_sample, render_scene
+from data_gen.eventworld.render import WORLD_VERSION, event_type_for, render_sample, render_scene
 from data_gen.eventworld.scene import EVENT_TYPES, Scene, build_scene
 
 __all__ = [
-    "EVENT_TYPES", "GENERATOR_VERSION", "VISIBLE_TYPES", "Scene", "build_scene", "event_type_for",
-    "render_sample", "render_scene", "visible_alternatives",
+    "EVENT_TYPES", "VISIBLE_TYPES", "WORLD_VERSION", "Scene", "build_scene", "event_type_for", "render_sample",
+    "render_scene", "visible_alternatives",
 ]

@@ -61,6 +61,15 @@ PLACE_PHRASES = {
     "market": ("at", "a market in {city}"),
     "port": ("at", "the port of {city}"),
 }
+# building style -> how a caption names it as a Transport origin or destination. Never the bare "building" (every
+# style is one): the phrase must say what the picture draws at that end of the trip, or an Origin/Destination
+# role swap would differ only in city names, which no picture shows.
+BUILDING_PLACES: dict[str, tuple[str, ...]] = {
+    "house": ("a house", "a family home"),
+    "depot": ("a depot", "a warehouse"),
+    "office": ("an office building", "an office block"),
+    "clinic": ("a clinic", "a health centre"),
+}
 
 # entity type -> (singular nouns, plural nouns); singular nouns get an article
 PERSON_NOUNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -132,6 +141,7 @@ TEMPLATES: dict[str, tuple[tuple[str, str], ...]] = {
         ("Artifact", "{Artifact} {V:is|are} {T:evacuated} in {Vehicle} from {Origin} to {Destination} {DAY}."),
         ("Vehicle", "{Vehicle} {T:carrying} {Artifact} {V:heads|head} from {Origin} to {Destination} {DAY}."),
         ("Agent", "{Agent} {T:drives|drive} {Artifact} from {Origin} to {Destination} in {Vehicle} {DAY}."),
+        ("Vehicle", "{Vehicle} {T:carrying} {Artifact} {V:leaves|leave} {Origin} for {Destination} {DAY}."),
     ),
     "Transaction.Transfer-Money": (
         ("Giver", "{Giver} {T:hands|hand} {Money} to {Recipient} {Place} {DAY}."),
@@ -163,6 +173,19 @@ class Filler:
     name: str | None = None
     title: str | None = None
     female: bool = False
+
+
+def building_place(style: str, city: str, variant: int) -> str:
+    """'a depot in Kharkiv': the drawn building and the city of a Transport origin or destination."""
+    nouns = BUILDING_PLACES[style]
+    return f"{nouns[variant % len(nouns)]} in {city}"
+
+
+def building_style(text: str) -> str | None:
+    """The building style a place phrase names ('A warehouse in Kyiv' -> 'depot'); None when it names none."""
+    low = " ".join(text.lower().split())
+    return next((style for style, nouns in BUILDING_PLACES.items() if any(low.startswith(n + " ") for n in nouns)),
+                None)
 
 
 def phrase(f: Filler) -> str:
@@ -252,6 +275,10 @@ def _generic(entity_type: str, plural: bool) -> str:
 
 def _place_alternatives(text: str) -> list[str]:
     """Other place kinds for a place phrase, keeping its city: 'a market in Kabul' -> 'the port of Kabul'."""
+    style = building_style(text)
+    if style is not None:  # a Transport end: the other building styles ('a depot in Kyiv' -> 'a clinic in Kyiv')
+        city = text.split(" in ", 1)[1]
+        return [building_place(s, city, 0) for s in BUILDING_PLACES if s != style]
     for kind, (_, pattern) in PLACE_PHRASES.items():
         m = re.fullmatch(re.escape(pattern).replace(re.escape("{city}"), "(.+)"), text, flags=re.IGNORECASE)
         if m:
@@ -265,7 +292,8 @@ def visible_alternatives(argument: Argument, event_type: str | None = None,
 
     Each replacement changes something a viewer can check in the picture: "police officers" -> "soldiers",
     "a rifle" -> "a vehicle"; a Place phrase gets the other place kinds ("a market in Kabul" -> "the port of
-    Kabul"). The ontology's `entity_types` of the role decide what may fill it (non-visual ACE types such as
+    Kabul"), a Transport origin or destination the other building styles ("a depot in Kyiv" -> "a clinic in
+    Kyiv"). The ontology's `entity_types` of the role decide what may fill it (non-visual ACE types such as
     PER or GPE are skipped). Without `event_type`, the role's entity types over all event types are used.
     """
     ontology = ontology or Ontology.default()
@@ -277,7 +305,7 @@ def visible_alternatives(argument: Argument, event_type: str | None = None,
     if event_type is not None and argument.role not in types[0].roles:
         raise ValueError(f"argument role {argument.role!r} is not a role of {event_type}: {list(types[0].roles)}")
     if argument.entity_type == "place":
-        return _place_alternatives(argument.text) if argument.role == "Place" and "place" in allowed else []
+        return _place_alternatives(argument.text) if "place" in allowed else []
     plural = is_plural(argument.text)
     return [_generic(t, plural) for t in allowed
             if t in VISIBLE_TYPES and t != "place" and t != argument.entity_type]

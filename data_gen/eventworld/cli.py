@@ -13,7 +13,7 @@ from pathlib import Path
 from align.ontology import Ontology
 from align.schema import Sample
 from data_gen.describe import describe
-from data_gen.eventworld import render_sample, visible_alternatives
+from data_gen.eventworld import WORLD_VERSION, render_sample, visible_alternatives
 from data_gen.eventworld.m2e2 import write_m2e2_gold
 from data_gen.eventworld.preview import preview_grid
 from data_gen.negatives import negatives_for_modes
@@ -31,6 +31,21 @@ def parse_counts(spec: str) -> dict[str, int]:
             raise ValueError(f"bad count {item!r}; expected kind=N, e.g. type_swap=2")
         counts[name.strip()] = int(value)
     return counts
+
+
+def stored_world_version(folder: str | Path) -> int | None:
+    """The EventWorld version of the shard set in `folder` (1: made before versions were recorded); None when
+    the folder holds no EventWorld manifest. Raises ShardError when the manifest cannot be read."""
+    manifest = Path(folder) / MANIFEST
+    if not manifest.exists():
+        return None
+    try:
+        config = json.loads(manifest.read_text(encoding="utf-8")).get("config") or {}
+        if config.get("generator") != "eventworld":
+            return None
+        return int(config.get("world_version", 1))
+    except (OSError, json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
+        raise ShardError(f"{manifest}: unreadable manifest ({e}); move the folder away or repair it") from e
 
 
 @dataclass
@@ -70,12 +85,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"data-gen eventworld: {e}", file=sys.stderr)
         return 2
     make = EventWorldSamples(args.seed, args.image_size, negatives, splits)
-    config = {"generator": "eventworld", "num_samples": args.num_samples, "seed": args.seed,
-              "image_size": args.image_size, "splits": args.splits, "negatives": negatives,
+    config = {"generator": "eventworld", "world_version": WORLD_VERSION, "num_samples": args.num_samples,
+              "seed": args.seed, "image_size": args.image_size, "splits": args.splits, "negatives": negatives,
               "samples_per_shard": args.samples_per_shard}
     plans = [ShardPlan(name, r, args.samples_per_shard) for name, r in splits.items() if len(r)]
     start = time.perf_counter()
     try:
+        old = stored_world_version(args.out)
+        if old is not None and old != WORLD_VERSION:  # same seed, other pictures and captions: never mix them
+            raise ShardError(f"{args.out} holds EventWorld version {old} shards; this is version {WORLD_VERSION}, "
+                             "which renders other pictures and captions for the same seed. Use another --out "
+                             "folder, or move this one away to render the set anew.")
         shard_set = ShardSet(args.out, config)
         shard_set.write(plans, make, workers=args.workers, progress=not args.quiet)
     except ShardError as e:

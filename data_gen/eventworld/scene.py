@@ -13,7 +13,17 @@ import random
 from dataclasses import dataclass, field
 
 from align.ontology import Ontology
-from data_gen.eventworld.captions import COUNTRIES, DAYS, NAMES, PLACE_PHRASES, TEMPLATES, TITLES, Filler
+from data_gen.eventworld.captions import (
+    BUILDING_PLACES,
+    COUNTRIES,
+    DAYS,
+    NAMES,
+    PLACE_PHRASES,
+    TEMPLATES,
+    TITLES,
+    Filler,
+    building_place,
+)
 from data_gen.eventworld.draw import HELD_TYPES, PERSON_TYPES, STANDALONE_TYPES, Look
 from data_gen.eventworld.places import BG_VARIANTS, PLACES, horizon
 
@@ -267,10 +277,11 @@ def _die(b: _Builder, g: float, h: float, hz: float, with_agent: bool) -> None:
 
 def _transport(b: _Builder, g: float, h: float, hz: float, origin: str, destination: str) -> None:
     rng = b.rng
-    so = b.place("Origin", origin, rng.choice(("house", "depot", "office")))
-    sd = b.place("Destination", destination, rng.choice(("clinic", "house", "depot")))
-    if b.slots[so].filler.style == b.slots[sd].filler.style:
-        b.slots[sd].filler.style = "clinic" if b.slots[so].filler.style != "clinic" else "office"
+    # Two different buildings, every style equally likely at either end, named in the place phrases: only the
+    # picture (which one has the blue origin pin and the tail of the arrow) tells origin from destination.
+    styles = rng.sample(tuple(BUILDING_PLACES), 2)
+    so = b.place("Origin", building_place(styles[0], origin, rng.randrange(6)), styles[0])
+    sd = b.place("Destination", building_place(styles[1], destination, rng.randrange(6)), styles[1])
     b.add("building", 0.1, hz + 0.1, 0.3, slot=so, pin="origin")
     b.add("building", 0.9, hz + 0.1, 0.3, slot=sd, pin="destination")
     agent_type = b.types("Agent", ("soldier", "police", "official", "civilian"))
