@@ -7,6 +7,7 @@ runs in DataLoader workers, so bad input raises `Skip` (with a counter key) inst
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import zlib
@@ -25,6 +26,7 @@ from align.ontology import Ontology
 from align.schema import IMAGE_EXT, NEGATIVE_KINDS, RECORD_EXT, Argument, Sample, SchemaError
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
+KIND_INDEX = {kind: i for i, kind in enumerate(NEGATIVE_KINDS)}
 
 
 class Skip(Exception):
@@ -55,8 +57,9 @@ class ImageDecoder:
         self.shift = (np.asarray(mean, dtype=np.float32) * 255.0).reshape(3, 1, 1)
         self.scale = (1.0 / (np.asarray(std, dtype=np.float32) * 255.0)).reshape(3, 1, 1)
 
-    def __call__(self, source: bytes | str | Path) -> tuple[np.ndarray, tuple[int, int]]:
-        """Raises ImageError for a too large or undecodable image; FileNotFoundError for a missing path."""
+    def __call__(self, source: bytes | str | Path, out: np.ndarray | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+        """Raises ImageError for a too large or undecodable image; FileNotFoundError for a missing path. `out`, a
+        (3, S, S) float32 array such as a row of a batch, receives the pixels instead of a new array."""
         side = (self.size, self.size)
         try:
             with Image.open(BytesIO(source) if isinstance(source, bytes) else source) as im:
@@ -65,16 +68,22 @@ class ImageDecoder:
                                      f"image is {im.width}x{im.height}, more than {self.max_pixels} pixels")
                 original = im.size
                 im.draft("RGB", side)  # JPEG DCT scaling: decode big images at a fraction of the cost
-                rgb = im.convert("RGB").resize(side, Image.Resampling.BICUBIC)
+                # convert() to the image's own mode and resize() to its own size return copies: skip them
+                rgb = im if im.mode == "RGB" else im.convert("RGB")
+                if rgb.size != side:
+                    rgb = rgb.resize(side, Image.Resampling.BICUBIC)
+                rows = rgb.tobytes("raw", "RGB;L")  # decodes; each row as its R, G and B runs (line-interleaved)
         except (ImageError, FileNotFoundError):
             raise
         except Image.DecompressionBombError as e:
             raise ImageError("image_too_large", str(e)) from e
         except (OSError, ValueError, SyntaxError) as e:
             raise ImageError("bad_image", f"cannot decode image ({type(e).__name__}: {e})") from e
-        # uint8 HWC viewed as CHW, then float32 in place: several times faster than a float HWC copy + transpose
-        x = np.empty((3, self.size, self.size), dtype=np.float32)
-        np.subtract(np.asarray(rgb).transpose(2, 0, 1), self.shift, out=x)
+        # (S, 3, S) viewed as (3, S, S): float32 in place, reading whole rows (pixel-interleaved RGB would be read
+        # with a stride of 3, 1.5x slower)
+        x = np.empty((3, self.size, self.size), dtype=np.float32) if out is None else out
+        np.subtract(np.frombuffer(rows, dtype=np.uint8).reshape(self.size, 3, self.size).transpose(1, 0, 2),
+                    self.shift, out=x)
         x *= self.scale
         return x, original
 
@@ -138,7 +147,8 @@ class SampleEncoder:
         self.negative_modes = None if negative_modes is None else frozenset(negative_modes)
         self.ontology, self.seed = ontology, seed
 
-    def __call__(self, raw: dict[str, Any], epoch: int | None) -> dict[str, Any]:
+    def __call__(self, raw: dict[str, Any], epoch: int | None, image_out: np.ndarray | None = None) -> dict[str, Any]:
+        """The example; `image_out` (a row of the batch's image array) receives the image (see `ImageDecoder`)."""
         if IMAGE_EXT not in raw or RECORD_EXT not in raw:
             have = sorted(k for k in raw if not k.startswith("__"))
             raise Skip("missing_member", f"needs .{IMAGE_EXT} and .{RECORD_EXT}, has {have}")
@@ -146,7 +156,7 @@ class SampleEncoder:
             sample = Sample.from_json(raw[RECORD_EXT])
         except SchemaError as e:
             raise Skip("bad_json" if e.problem.startswith("not valid JSON") else "schema", str(e)) from e
-        image = self._image(raw[IMAGE_EXT])
+        image = self._image(raw[IMAGE_EXT], image_out)
         # Train draws differ per epoch; eval draws are fixed so every evaluation sees the same negatives.
         parts = (self.seed, zlib.crc32(sample.key.encode())) + (() if epoch is None else (epoch,))
         rng = random.Random(make_seed(*parts))
@@ -174,9 +184,14 @@ class SampleEncoder:
             "neg_args": self._arg_negatives(sample, event.type if event else None, args, rng),
         }
 
-    def _image(self, data: bytes) -> np.ndarray:
+    def image_batch(self, n: int) -> np.ndarray:
+        """An array for n images; decoding into its rows (`image_out`) spares a per-sample array and the stacking
+        copy (about 30 us a sample of memory traffic at 128 px)."""
+        return np.empty((n, 3, self.size, self.size), dtype=np.float32)
+
+    def _image(self, data: bytes, out: np.ndarray | None = None) -> np.ndarray:
         try:
-            return self.image_decoder(data)[0]
+            return self.image_decoder(data, out)[0]
         except ImageError as e:
             raise Skip(e.reason, str(e)) from e
 
@@ -193,12 +208,15 @@ class SampleEncoder:
         return pos
 
     def _negatives(self, sample: Sample, rng: random.Random) -> list[tuple[str, int]]:
-        groups = []
-        for kind in self.negative_kinds:
-            texts = [(n.text, NEGATIVE_KINDS.index(kind)) for n in sample.negatives if n.kind == kind and n.text
-                     and (self.negative_modes is None or n.changed.get("mode") in self.negative_modes)]
+        by_kind: dict[str, list[tuple[str, int]]] = {kind: [] for kind in self.negative_kinds}
+        modes = self.negative_modes
+        for n in sample.negatives:  # one pass; each kind keeps the record's order
+            texts = by_kind.get(n.kind)
+            if texts is not None and n.text and (modes is None or n.changed.get("mode") in modes):
+                texts.append((n.text, KIND_INDEX[n.kind]))
+        groups = [list(by_kind[kind]) for kind in self.negative_kinds]
+        for texts in groups:
             rng.shuffle(texts)
-            groups.append(texts)
         rng.shuffle(groups)
         return _round_robin(groups, self.k)
 
@@ -207,12 +225,16 @@ class SampleEncoder:
         if etype is None or not args or self.kn == 0:
             return []
         texts = [a.text for a in args]
+        folded = [t.casefold() for t in texts]
+        first: dict[str, int] = {}  # role -> its first argument
+        for i, a in enumerate(args):
+            first.setdefault(a.role, i)
+        symmetric = self.ontology[etype].is_symmetric
         swaps, replaced = [], []
         for i in range(len(args)):
             for j in range(i + 1, len(args)):
                 a, b = args[i], args[j]
-                if (a.role != b.role and a.text.casefold() != b.text.casefold()
-                        and not self.ontology[etype].is_symmetric(a.role, b.role)):
+                if a.role != b.role and folded[i] != folded[j] and not symmetric(a.role, b.role):
                     t = list(texts)
                     t[i], t[j] = t[j], t[i]
                     swaps.append(t)
@@ -220,24 +242,35 @@ class SampleEncoder:
             if neg.kind != "arg_replace":
                 continue
             for role, new in _replacements(neg.changed):
-                i = next((i for i, a in enumerate(args) if a.role == role), None)
-                if i is not None and new.casefold() != texts[i].casefold():
+                i = first.get(role)
+                if i is not None and new.casefold() != folded[i]:
                     t = list(texts)
                     t[i] = new
                     if t not in replaced:
                         replaced.append(t)
         rng.shuffle(swaps)
         rng.shuffle(replaced)
-        groups = [[(t, NEGATIVE_KINDS.index("role_swap")) for t in reversed(swaps)],
-                  [(t, NEGATIVE_KINDS.index("arg_replace")) for t in reversed(replaced)]]
+        groups = [[(t, KIND_INDEX["role_swap"]) for t in reversed(swaps)],
+                  [(t, KIND_INDEX["arg_replace"]) for t in reversed(replaced)]]
         return [([f"{a.role}: {t}" for a, t in zip(args, texts_)], kind)
                 for texts_, kind in _round_robin(groups, self.kn)]
 
 
 # --------------------------------------------------------------------------- tokenisation
-def _whitespace_lower(text: str) -> str:
-    """open_clip's `lower` clean after basic_clean: whitespace runs to one space, stripped, lower case."""
-    return " ".join(text.split()).lower()
+# The space-separated chunks each open_clip clean type leaves of a printable ASCII text (whose basic_clean is only
+# .strip()); module-level functions, so the tokenizer still pickles into spawned DataLoader workers.
+def _lower_chunks(text: str) -> list[str]:
+    return text.lower().split()
+
+
+def _whitespace_chunks(text: str) -> list[str]:
+    return text.split()
+
+
+def _canonical_chunks(text: str) -> list[str]:
+    from open_clip.tokenizer import canonicalize_text
+
+    return canonicalize_text(text).split()
 
 
 class FastSimpleTokenizer:
@@ -247,17 +280,16 @@ class FastSimpleTokenizer:
     BPE-encodes each word through several Python layers and fills the output row by row with torch ops. For
     printable ASCII without '&' the cleaning is the identity up to surrounding whitespace (ftfy returns ASCII
     text as it is, unescape only acts on '&'), so such texts skip it and are split into words by an ASCII
-    spelling of open_clip's word pattern (`re` is twice as fast as `regex` with Unicode classes); any other text
-    gets open_clip's own cleaning and pattern. Word -> ids is remembered; the rows are filled in numpy.
+    spelling of open_clip's word pattern (`re` is twice as fast as `regex` with Unicode classes), one space-separated
+    chunk at a time, and chunk -> ids is remembered; any other text gets open_clip's own cleaning and pattern, and
+    word -> ids is remembered. The rows are filled in numpy.
     tests/test_loader_speed.py checks the ids against open_clip's over tricky texts."""
 
     def __init__(self, base: Any, max_words: int = 200_000) -> None:
         from open_clip import tokenizer as oc
 
-        # What each open_clip clean type leaves of a text whose basic_clean is only .strip(); module-level
-        # functions, so the tokenizer still pickles into spawned DataLoader workers.
-        plain = {"lower": _whitespace_lower, "whitespace": oc.whitespace_clean, "canonicalize": oc.canonicalize_text}
-        self.plain_clean = next((f for k, f in plain.items() if base.clean_fn is oc.get_clean_fn(k)), None)
+        plain = {"lower": _lower_chunks, "whitespace": _whitespace_chunks, "canonicalize": _canonical_chunks}
+        self.plain_chunks = next((f for k, f in plain.items() if base.clean_fn is oc.get_clean_fn(k)), None)
         self.plain_words = base.pat
         pattern = base.pat.pattern
         ascii_classes = ((r"[^\s\p{L}\p{N}]+", r"[^\sa-zA-Z0-9]+"), (r"[\p{L}]+", "[a-zA-Z]+"), (r"[\p{N}]", "[0-9]"))
@@ -267,22 +299,35 @@ class FastSimpleTokenizer:
             self.plain_words = re.compile(pattern, re.IGNORECASE | re.ASCII)
         self.base, self.max_words = base, max_words
         self.words: dict[str, list[int]] = {}
+        self.chunks: dict[str, list[int]] = {}
 
     def encode(self, text: str) -> list[int]:
         """BPE ids of `text` without start/end tokens, as `SimpleTokenizer.encode`."""
-        base = self.base
-        if self.plain_clean is not None and text.isascii() and text.isprintable() and "&" not in text:
-            words = self.plain_words.findall(self.plain_clean(text))
-        else:
-            words = base.pat.findall(base.clean_fn(text))
+        if self.plain_chunks is None or not (text.isascii() and text.isprintable() and "&" not in text):
+            return self._ids(self.base.pat.findall(self.base.clean_fn(text)))
+        # No word of the pattern spans whitespace, so the words of a text are those of its space-separated chunks
+        # in turn: a chunk ("agent:", "police") is split and encoded once, then looked up.
+        ids: list[int] = []
+        chunks = self.chunks
+        for chunk in self.plain_chunks(text):
+            got = chunks.get(chunk)
+            if got is None:
+                if len(chunks) >= self.max_words:
+                    chunks.clear()
+                got = chunks[chunk] = self._ids(self.plain_words.findall(chunk))
+            ids += got
+        return ids
+
+    def _ids(self, words: list[str]) -> list[int]:
+        base, cache = self.base, self.words
         ids: list[int] = []
         for word in words:
-            got = self.words.get(word)
+            got = cache.get(word)
             if got is None:
-                if len(self.words) >= self.max_words:
-                    self.words.clear()
+                if len(cache) >= self.max_words:
+                    cache.clear()
                 merged = base.bpe("".join(base.byte_encoder[b] for b in word.encode("utf-8")))
-                got = self.words[word] = [base.encoder[t] for t in merged.split(" ")]
+                got = cache[word] = [base.encoder[t] for t in merged.split(" ")]
             ids += got
         return ids
 
@@ -292,13 +337,18 @@ class FastSimpleTokenizer:
         if not length:
             raise ValueError("a context length is needed (the tokenizer has none)")
         sot, eot = self.base.sot_token_id, self.base.eot_token_id
-        out = np.zeros((len(texts), length), dtype=np.int64)
+        # All rows' ids in one list, written through one mask: a numpy write per row costs a microsecond
+        flat: list[int] = []
+        sizes = np.empty(len(texts), dtype=np.int64)
         for i, text in enumerate(texts):
             ids = [sot, *self.encode(text), eot]
             if len(ids) > length:  # truncate, keeping the end token, as open_clip does
                 ids = ids[:length]
                 ids[-1] = eot
-            out[i, : len(ids)] = ids
+            flat += ids
+            sizes[i] = len(ids)
+        out = np.zeros((len(texts), length), dtype=np.int64)
+        out[np.arange(length) < sizes[:, None]] = flat  # row-major: row i's first sizes[i] slots, in order
         return torch.from_numpy(out)
 
 
@@ -321,21 +371,24 @@ class CachedTokenizer:
 
     def __init__(self, tokenizer: Tokenizer, max_entries: int = 50_000) -> None:
         self.tokenizer, self.max_entries = fast_tokenizer(tokenizer), max_entries
-        self.rows: dict[str, torch.Tensor] = {}
+        self.rows: dict[str, np.ndarray] = {}
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
-        new = [t for t in dict.fromkeys(texts) if t not in self.rows]
-        if new:
-            self.rows.update(zip(new, self.tokenizer(new)))
-        out = torch.stack([self.rows[t] for t in texts])
-        for t in list(islice(self.rows, max(0, len(self.rows) - self.max_entries))):
-            del self.rows[t]  # oldest first (dicts keep insertion order)
+        rows = self.rows
+        new = [t for t in dict.fromkeys(texts) if t not in rows]
+        if new:  # numpy rows: stacking hundreds of them costs a fraction of torch.stack's per-tensor overhead
+            rows.update(zip(new, self.tokenizer(new).numpy()))
+        out = torch.from_numpy(np.stack([rows[t] for t in texts]))
+        for t in list(islice(rows, max(0, len(rows) - self.max_entries))):
+            del rows[t]  # oldest first (dicts keep insertion order)
         return out
 
 
-def collate(examples: list[dict[str, Any]], tokenizer: Tokenizer, sizes: dict[str, int]) -> dict[str, Any]:
+def collate(examples: list[dict[str, Any]], tokenizer: Tokenizer, sizes: dict[str, int],
+            images: np.ndarray | None = None) -> dict[str, Any]:
     """Stack examples into the batch contract; each distinct text is tokenised once per batch. Filled in numpy
-    (element writes into torch tensors cost microseconds each) and handed to torch without a copy."""
+    (element writes into torch tensors cost microseconds each) and handed to torch without a copy. `images`: the
+    examples' images already in one (B, 3, S, S) array (decoded into its rows), else they are stacked here."""
     b, p, k, r, n, kn = (len(examples), sizes["P"], sizes["K"], sizes["R"], sizes["N"], sizes["Kn"])
     texts: dict[str, int] = {}
 
@@ -372,7 +425,7 @@ def collate(examples: list[dict[str, Any]], tokenizer: Tokenizer, sizes: dict[st
         return table[as_torch(idx + 1)]
 
     return {
-        "images": as_torch(np.stack([ex["image"] for ex in examples])),
+        "images": as_torch(np.stack([ex["image"] for ex in examples]) if images is None else images),
         "pos_tokens": gather(pos), "pos_mask": as_torch(pos >= 0),
         "neg_tokens": gather(neg), "neg_mask": as_torch(neg >= 0), "neg_kinds": as_torch(neg_kinds),
         "boxes": as_torch(boxes), "box_mask": as_torch(box_mask), "box_labels": [ex["box_labels"] for ex in examples],
@@ -384,3 +437,32 @@ def collate(examples: list[dict[str, Any]], tokenizer: Tokenizer, sizes: dict[st
         "neg_arg_kinds": as_torch(neg_arg_kinds),
         "keys": [ex["key"] for ex in examples],
     }
+
+
+PACKED = "packed_tensors"
+
+
+def pack_tensors(batch: dict[str, Any]) -> dict[str, Any]:
+    """A batch for the trip out of a DataLoader worker: every tensor but `images` joined into one flat tensor per
+    dtype. Each tensor crosses the process boundary through its own shared-memory file (~0.2 ms each), so 16
+    small tensors cost more than the 6 MB of images; `unpack_tensors` gives them back as views, in key order."""
+    parts: dict[torch.dtype, list[tuple[str, torch.Tensor]]] = {}
+    for name, value in batch.items():
+        if isinstance(value, torch.Tensor) and name != "images":
+            parts.setdefault(value.dtype, []).append((name, value))
+    packed = [(torch.cat([t.reshape(-1) for _, t in items]), [(name, tuple(t.shape)) for name, t in items])
+              for items in parts.values()]
+    out = {name: value for name, value in batch.items() if name == "images" or not isinstance(value, torch.Tensor)}
+    out[PACKED] = (list(batch), packed)
+    return out
+
+
+def unpack_tensors(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch `pack_tensors` packed (a batch that is not packed as it is)."""
+    if PACKED not in batch:
+        return batch
+    order, packed = batch.pop(PACKED)
+    for flat, layout in packed:
+        for (name, shape), part in zip(layout, flat.split([math.prod(shape) for _, shape in layout])):
+            batch[name] = part.view(shape)
+    return {name: batch[name] for name in order}

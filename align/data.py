@@ -66,14 +66,25 @@ from itertools import chain, count, islice
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from align.batch import CachedTokenizer, SampleEncoder, Skip, Tokenizer, collate, make_seed
+from align.batch import (
+    CachedTokenizer,
+    SampleEncoder,
+    Skip,
+    Tokenizer,
+    collate,
+    make_seed,
+    pack_tensors,
+    unpack_tensors,
+)
 from align.ontology import Ontology
 from align.schema import DESCRIPTION_KINDS, NEGATIVE_KINDS
 from align.shardlist import expand_shards, rank_without_shards, shard_sizes
+from align.tarstream import iter_samples
 
 log = logging.getLogger(__name__)
 
@@ -156,19 +167,19 @@ class ShardStream(IterableDataset):
         return islice(batches, max(0, cap - made)) if cap is not None else batches
 
     def _samples(self, urls: list[str], rng: random.Random, worker: int) -> Iterator[dict]:
-        read = wds.tarfile_to_samples(handler=self._tar_error)
         if self.resampled:
-            return iter(read({"url": rng.choice(urls)} for _ in count()))
+            return iter_samples((rng.choice(urls) for _ in count()), self._tar_error)
         # each shard goes to exactly one (rank, worker); or, splitting samples, each record to one rank
         mine = self._worker_shards(urls, worker)
         if self.train:
             rng.shuffle(mine)
         if not self.split_samples:
-            return iter(read({"url": u} for u in mine))
-        return chain.from_iterable(islice(read([{"url": u}]), self.rank, None, self.world_size) for u in mine)
+            return iter_samples(mine, self._tar_error)
+        return chain.from_iterable(islice(iter_samples([u], self._tar_error), self.rank, None, self.world_size)
+                                   for u in mine)
 
     def _tar_error(self, exn: Exception) -> bool:
-        """webdataset handler: log, count and go on; stop only when shards keep failing with nothing read."""
+        """Shard reader handler: log, count and go on; stop only when shards keep failing with nothing read."""
         self.pending["tar"] += 1
         self._tar_errors += 1
         log.warning("skipping unreadable shard data: %s", exn)
@@ -184,37 +195,46 @@ class ShardStream(IterableDataset):
                 self._tar_errors = 0
             self.pending = pending  # shard errors met again while reading past were counted before the checkpoint
         buf: list[dict[str, Any]] = []
+        images = self.encoder.image_batch(self.batch_size)
         for raw in samples:
             records += 1
             self._tar_errors = 0
             try:
-                buf.append(self.encoder(raw, self._round if self.train else None))
+                buf.append(self.encoder(raw, self._round if self.train else None, images[len(buf)]))
             except Skip as s:
                 self._skip(s.reason, raw, str(s))
             except Exception as e:  # a record that breaks the encoder must not end a long run
                 self._skip("error", raw, f"{type(e).__name__}: {e}")
             if len(buf) == self.batch_size:
                 made += 1
-                yield self._collate(buf, {"epoch": self.epoch, "worker": worker, "records": records, "batches": made})
-                buf = []
+                position = {"epoch": self.epoch, "worker": worker, "records": records, "batches": made}
+                yield self._collate(buf, images, position)
+                buf, images = [], self.encoder.image_batch(self.batch_size)
         if buf and not self.train:
-            yield self._collate(buf, None)
+            yield self._collate(buf, images[: len(buf)], None)
 
     def _skip(self, reason: str, raw: dict, detail: str) -> None:
         self.pending[reason] += 1
         log.warning("skipping sample %r of %s (%s): %s", raw.get("__key__"), raw.get("__url__"), reason, detail)
 
-    def _collate(self, buf: list[dict[str, Any]], position: dict[str, int] | None) -> dict[str, Any]:
-        batch = collate(buf, self.tokenizer, self.sizes)
+    def _collate(self, buf: list[dict[str, Any]], images: np.ndarray,
+                 position: dict[str, int] | None) -> dict[str, Any]:
+        batch = collate(buf, self.tokenizer, self.sizes, images)
         batch["skipped"] = self.take_pending()
         if self.train:  # train streams are the ones a resume continues
             batch["position"] = position
-        return batch
+        return pack_tensors(batch) if get_worker_info() is not None else batch
 
     def take_pending(self) -> dict[str, int]:
         out = dict(self.pending)
         self.pending.clear()
         return out
+
+
+def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
+    """The stream's batches are collated already; DataLoader's default (`default_convert`) would walk every
+    list and string in them for nothing."""
+    return batch
 
 
 class _Loader(DataLoader):
@@ -224,7 +244,8 @@ class _Loader(DataLoader):
     def __init__(self, dataset: ShardStream, num_workers: int, epoch_of: Callable[[int], int],
                  on_skipped: Callable[[dict[str, int]], None],
                  resume_of: Callable[[int], dict[str, Any] | None]) -> None:
-        super().__init__(dataset, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+        super().__init__(dataset, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                         collate_fn=_as_is)
         self._calls, self._epoch_of, self._on_skipped, self._resume_of = 0, epoch_of, on_skipped, resume_of
 
     def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
@@ -236,6 +257,7 @@ class _Loader(DataLoader):
         finally:
             self.dataset.resume = None
         for batch in batches:
+            batch = unpack_tensors(batch)
             self._on_skipped(batch.pop("skipped", {}))
             yield batch
         self._on_skipped(self.dataset.take_pending())  # leftovers when num_workers == 0

@@ -35,12 +35,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import webdataset as wds
 
 from align import __version__
 from align.atomic import TMP_PREFIX, atomic_open, atomic_write_text
 from align.schema import IMAGE_EXT, RECORD_EXT, Sample, SchemaError
 from align.shardlist import expand_shards
+from align.tarstream import iter_samples
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def _samples(url: str, counts: Counter) -> list[tuple[Sample, bytes]]:
         return True
 
     out = []
-    for raw in wds.tarfile_to_samples(handler=tar_error)([{"url": url}]):
+    for raw in iter_samples([url], tar_error):
         key = raw.get("__key__")
         if IMAGE_EXT not in raw or RECORD_EXT not in raw:
             _skip(counts, "missing_member", url, key, f"needs .{IMAGE_EXT} and .{RECORD_EXT}")

@@ -8,14 +8,17 @@ and shards written without a PAX header per member.
 
 from __future__ import annotations
 
+import copy
 import html
 import pickle
 import random
 import re
 import sys
 import tarfile
+from contextlib import nullcontext
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import ftfy
 import numpy as np
@@ -26,6 +29,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
 from align.batch import (
+    PACKED,
     CachedTokenizer,
     FastSimpleTokenizer,
     ImageDecoder,
@@ -35,11 +39,24 @@ from align.batch import (
     _iou,
     collate,
     fast_tokenizer,
+    pack_tensors,
+    unpack_tensors,
 )
-from align.data import CLIP_MEAN, CLIP_STD
+from align.data import CLIP_MEAN, CLIP_STD, EventDataModule
 from align.inference import ImageSpec, load_image
 from align.ontology import Ontology
-from align.schema import Sample
+from align.schema import (
+    DESCRIPTION_KINDS,
+    NEGATIVE_KINDS,
+    Argument,
+    Description,
+    Event,
+    Negative,
+    Region,
+    Sample,
+    Trigger,
+    _read_fast,
+)
 from data_gen.shards import write_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -94,7 +111,7 @@ def test_premise_ftfy_and_unescape_leave_plain_ascii_alone() -> None:
 def test_fast_tokenizer_ids_equal_open_clip(clean: str) -> None:
     base = SimpleTokenizer(context_length=32, clean=clean)
     fast = FastSimpleTokenizer(base)
-    assert fast.plain_clean is not None and isinstance(fast.plain_words, re.Pattern)  # the fast paths are on
+    assert fast.plain_chunks is not None and isinstance(fast.plain_words, re.Pattern)  # the fast paths are on
     texts = _texts()
     for text in texts:
         assert fast.encode(text) == base.encode(text), repr(text)
@@ -132,6 +149,72 @@ def test_fast_tokenizer_is_used_only_for_plain_simple_tokenizers(tokenizer) -> N
     assert torch.equal(clone(texts), tokenizer(texts))
 
 
+# --------------------------------------------------------------------------- records
+def _record() -> dict[str, Any]:
+    """A record using every field: two events (spans, entity types, boxes and none), all description and
+    negative kinds, regions of each source, provenance."""
+    attack = Event("Conflict.Attack", Trigger("attacked", 9, 17), [
+        Argument("Attacker", "Soldiers", "soldier", 0, 8, (0.0, 0.0, 32.5, 24)),
+        Argument("Target", "a building", None, 18, 28, (32, 24, 64, 48)), Argument("Place", "Kyiv")])
+    meet = Event("Contact.Meet", Trigger("met"), [Argument("Participant", "leaders", box=(1, 2, 3, 4))])
+    return Sample(
+        key="k0", caption="Soldiers attacked a building in Kyiv.", width=64, height=48, events=[attack, meet],
+        salient=0, positives=[Description(k, f"{k} text") for k in DESCRIPTION_KINDS],
+        negatives=[Negative(k, f"{k} text", {"mode": "template", "role": "Target", "new": "a school"})
+                   for k in NEGATIVE_KINDS] + [Negative("type_swap", "no changed")],
+        regions=[Region((0, 0, 64, 48), "scene", 0.1, "grid"), Region((0, 0, 32, 24), "person", 1, "detector"),
+                 Region((32.5, 24, 64, 48.0), "", 0.75, "annotation")],
+        provenance={"source": "test", "seed": 3}).to_dict()
+
+
+def _places(obj: Any) -> list[tuple[Any, Any]]:
+    """(container, key or index) of every value in a JSON tree."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else []
+    return [p for k, v in items for p in [(obj, k), *_places(v)]]
+
+
+class _Str(str):
+    """A str subclass: the fast reader leaves such values to the checked one."""
+
+
+def _read(data: Any) -> tuple[str, str]:
+    try:
+        return "ok", repr(Sample._read_checked(data, b"img"))
+    except Exception as e:  # noqa: BLE001  the checked reader's outcome, whatever it is
+        return type(e).__name__, str(e)
+
+
+def test_fast_record_reader_agrees_with_the_checked_one() -> None:
+    """`_read_fast` returns the checked reader's Sample (same values and types) or None, which sends the record to
+    the checked reader for its error; it must never accept what the checked reader rejects. Every value of a full
+    record is deleted or replaced by values of other types and ranges (about 4,000 records)."""
+    base = _record()
+    assert repr(_read_fast(copy.deepcopy(base), b"img")) == _read(base)[1]  # valid records take the fast path
+    values = [None, True, False, 0, 1, -1, 2, 1.5, -0.5, 64.0, 1e9, float("nan"), float("inf"), -float("inf"),
+              10**400, "", "x", _Str("grid"), "grid", "caption", "type_swap", [], [0, 0, 1, 1], [0, 0, 64, 48],
+              [1, 2, 3], [3, 0, 1, 1], (0, 0, 1, 1), [True, 0, 1, 1], {}, {"text": "t"}]
+    checked = accepted = 0
+    for i in range(len(_places(base))):
+        for value in [...] + values:  # ...: delete the field
+            record = copy.deepcopy(base)
+            container, key = _places(record)[i]
+            if value is ...:
+                if isinstance(container, list):
+                    continue
+                del container[key]
+            else:
+                container[key] = copy.deepcopy(value)
+            fast, (outcome, text) = _read_fast(record, b"img"), _read(record)
+            checked += 1
+            if fast is not None:
+                accepted += 1
+                assert outcome == "ok" and repr(fast) == text, (i, value, outcome, text)
+                assert fast.image == b"img"
+            with pytest.raises(Exception) if outcome != "ok" else nullcontext():
+                assert repr(Sample.from_dict(record, b"img")) == text
+    assert checked > 3000 and accepted > 300
+
+
 # --------------------------------------------------------------------------- images
 SIZE = 32
 
@@ -161,6 +244,24 @@ def test_training_and_inference_decode_the_same_pixels(fmt: str, mode: str) -> N
         rgb = np.asarray(im.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BICUBIC), dtype=np.float64)
     ref = ((rgb / 255.0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)).transpose(2, 0, 1)
     np.testing.assert_allclose(train, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+@pytest.mark.parametrize("size", [(90, 50), (SIZE, SIZE), (300, 40), (200, 100)])
+def test_decoder_equals_the_plain_pipeline_bit_for_bit(size: tuple[int, int], mode: str) -> None:
+    """Skipping convert() and resize() where they would only copy, and reading rows line-interleaved, change no
+    bit: the same float32 arithmetic on convert -> resize -> HWC array, with and without JPEG DCT scaling."""
+    data = _encoded("JPEG", size, mode)
+    decoder = ImageDecoder(SIZE, CLIP_MEAN, CLIP_STD, 10**8)
+    with Image.open(BytesIO(data)) as im:
+        im.draft("RGB", (SIZE, SIZE))
+        rgb = np.asarray(im.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BICUBIC))
+    x, original = decoder(data)
+    assert original == size and x.dtype == np.float32 and x.flags.c_contiguous
+    assert np.array_equal(x, (rgb.transpose(2, 0, 1) - decoder.shift) * decoder.scale)
+    batch = np.full((2, 3, SIZE, SIZE), np.nan, dtype=np.float32)  # training decodes into a row of the batch
+    row, _ = decoder(data, batch[1])
+    assert np.shares_memory(row, batch) and np.array_equal(batch[1], x) and np.isnan(batch[0]).all()
 
 
 def test_each_caller_keeps_its_error_contract(tmp_path: Path) -> None:
@@ -226,6 +327,52 @@ def test_collate_fields_dtypes_and_values(tokenizer) -> None:
         "arg_box_mask": torch.bool, "arg_region": torch.long, "neg_arg_tokens": torch.long,
         "neg_arg_mask": torch.bool, "neg_arg_kinds": torch.long,
     }
+
+
+def _same_batch(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return list(a) == list(b) and all(
+        (isinstance(y, torch.Tensor) and x.dtype == y.dtype and torch.equal(x, y)) if isinstance(x, torch.Tensor)
+        else x == y for x, y in zip(a.values(), b.values()))
+
+
+def test_packed_tensors_unpack_to_the_same_batch(tokenizer) -> None:
+    img = np.arange(3 * 4 * 4, dtype=np.float32).reshape(3, 4, 4)
+    ex = {"key": "a", "image": img, "pos": ["long a"], "neg": [("neg a", 0)], "boxes": [[0.1, 0.2, 3.3, 4.4]],
+          "box_labels": ["person"], "event_type": 2, "args": ["Agent: x"], "arg_boxes": [None], "arg_region": [-1],
+          "neg_args": []}
+    batch = collate([ex, ex | {"key": "b", "image": img + 1}], tokenizer, {"P": 1, "K": 2, "R": 3, "N": 2, "Kn": 1})
+    batch |= {"skipped": {"bad_image": 1}, "position": {"epoch": 0, "worker": 0, "records": 3, "batches": 1}}
+    packed = pack_tensors(dict(batch))
+    assert [k for k, v in packed.items() if isinstance(v, torch.Tensor)] == ["images"]
+    assert len(packed[PACKED][1]) == 3  # long, bool and float32 tensors: one each
+    # across a process boundary the batch is pickled (torch's own tensor reduction; our object, not input data)
+    assert _same_batch(unpack_tensors(pickle.loads(pickle.dumps(packed))), batch)
+    assert unpack_tensors(batch) is batch
+
+
+def test_packed_tensors_survive_pin_memory(tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On GPU machines DataLoader's pin-memory thread rebuilds the packed batch (tuples come back as lists) before
+    `_Loader` unpacks it; pinning is simulated by a copy, as this machine may have no accelerator."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, device=None: self.clone())
+    img = np.ones((3, 4, 4), dtype=np.float32)
+    ex = {"key": "a", "image": img, "pos": ["long a"], "neg": [], "boxes": [[1, 2, 3, 4]], "box_labels": ["x"],
+          "event_type": 0, "args": [], "arg_boxes": [], "arg_region": [], "neg_args": []}
+    batch = collate([ex], tokenizer, {"P": 1, "K": 1, "R": 2, "N": 1, "Kn": 1})
+    assert _same_batch(unpack_tensors(pin_memory(pack_tensors(dict(batch)))), batch)
+
+
+def test_worker_batches_equal_main_process_batches(shards: Path, tokenizer) -> None:
+    """One worker plays the stream the main process plays: batches packed for the trip equal those made here."""
+    def batches(workers: int) -> list[dict[str, Any]]:
+        dm = EventDataModule(train=str(shards / "train-*.tar"), val=str(shards / "val-*.tar"), batch_size=4,
+                             num_workers=workers, image_size=SIZE, samples_per_epoch=16, shuffle_buffer=8)
+        dm.tokenizer = tokenizer
+        return list(dm.train_dataloader()) + list(dm.val_dataloader())
+
+    here, there = batches(0), batches(1)
+    assert len(here) == len(there) > 4 and all(_same_batch(a, b) for a, b in zip(here, there))
 
 
 def test_iou_equals_the_min_max_formula() -> None:
