@@ -8,6 +8,10 @@ understand that thing (CLIP-Event, Li et al. 2022). Two modes:
 Guarantees: a negative never equals (case/whitespace-insensitively) a positive, the unchanged base text or
 another negative; output is a function of the inputs and the `random.Random` state; a kind that cannot
 apply yields fewer (or no) negatives rather than a fake one; `changed` records the change and the mode.
+A negative must be wrong for the picture, not wrong as English (a grammar slip would let a text-only model
+spot it): caption edits keep subject and verb agreeing and a determiner's number (`caption_edit.edit_clause`),
+give a noun trigger the new type's noun ("before a meeting" -> "before a protest"), never move a pronoun out of its
+case and never add a doubled word; a candidate that would break one of these is skipped for the next.
 """
 
 from __future__ import annotations
@@ -20,7 +24,17 @@ from typing import Any, Literal
 
 from align.ontology import EventType, Ontology
 from align.schema import Argument, Event, Negative
-from data_gen.caption_edit import Clause, clause, inflect_trigger, match_tokenisation, norm, replace_spans
+from data_gen.caption_edit import (
+    Clause,
+    clause,
+    doubled_words,
+    edit_clause,
+    inflect_trigger,
+    match_tokenisation,
+    norm,
+    replace_spans,
+    trigger_slot,
+)
 
 Mode = Literal["template", "caption_edit"]
 MODES: tuple[str, ...] = ("template", "caption_edit")
@@ -36,6 +50,8 @@ _NOT_ENTITIES = frozenset((
     "this", "that", "these", "those", "which", "who", "whom", "what", "one", "ones", "some", "someone", "something",
     "there", "here", "all", "both", "each",
 ))
+
+_CASED_PRONOUNS = frozenset(("i", "me", "he", "him", "she", "her", "we", "us", "they", "them", "who", "whom"))
 
 
 class EntityPool:
@@ -113,6 +129,19 @@ def role_map(old: EventType, new: EventType) -> dict[str, str]:
     return mapping
 
 
+def _type_noun(plain_name: str, like: str) -> str | None:
+    """A type's noun from its plain name ("a money transfer" -> "money transfer"), plural when the noun `like`
+    it replaces is ("talks" -> "phone calls"), capitalised like it; None unless the name is "a/an" + 1-2 words."""
+    words = plain_name.split()
+    if len(words) not in (2, 3) or words[0].lower() not in ("a", "an"):
+        return None
+    noun = " ".join(words[1:])
+    last = like.split()[-1].lower() if like.split() else ""
+    if last.endswith("s") and not last.endswith("ss"):
+        noun = noun[:-1] + "ies" if noun.endswith("y") and noun[-2:-1] not in "aeiou" else noun + "s"
+    return noun[:1].upper() + noun[1:] if like[:1].isupper() else noun
+
+
 @lru_cache(maxsize=256)
 def _core_roles(long_template: str) -> frozenset[str]:
     """Roles that always appear in a long template (not inside an optional [...] part)."""
@@ -165,11 +194,11 @@ class _Maker:
             new = self.ontology[name]
             changed: dict[str, Any] = {"type": [self.type.name, name]}
             if self.clause is not None:
-                start, end = self.clause.trigger
-                old_word = self.clause.text[start:end]
-                new_word = inflect_trigger(new.trigger, old_word)
-                changed["trigger"] = [old_word, new_word]
-                yield replace_spans(self.clause.text, [((start, end), new_word)]), changed
+                words = self._new_trigger(new)
+                if words is None:  # the type's trigger cannot stand where this one does
+                    continue
+                changed["trigger"] = list(words)
+                yield replace_spans(self.clause.text, [(self.clause.trigger, words[1])]), changed
                 continue
             mapping = role_map(self.type, new)
             moved = {a.text: [a.role, mapping[a.role]] for a in self.args
@@ -179,12 +208,37 @@ class _Maker:
             changed.update({"dropped": dropped} if dropped else {})
             yield self.render(new, ((mapping[a.role], a.text) for a in self.args if a.role in mapping)), changed
 
+    def _new_trigger(self, new: EventType) -> tuple[str, str] | None:
+        """The clause's trigger and its replacement for type `new`: the type's noun where the trigger is a noun
+        ("before a meeting" -> "before a money transfer"), else its trigger in the old one's form. A trigger with
+        an object word ("gave money") drops it before an object filling the role it names ("drives cash" ->
+        "gives cash", not "gives money cash"); before any other object ("meets the mayor") None."""
+        assert self.clause is not None
+        start, end = self.clause.trigger
+        old = self.clause.text[start:end]
+        slot = trigger_slot(self.clause)
+        if slot.noun:
+            noun = _type_noun(new.plain_name, old)
+            return None if noun is None else (old, noun)
+        verb = inflect_trigger(new.trigger, old, slot.participle)
+        head, _, extra = verb.partition(" ")
+        if not extra or slot.object is None:
+            return old, verb
+        arg = self.event.arguments[slot.object] if slot.object >= 0 else None
+        named = [r for r, spec in new.roles.items() if spec.placeholder == extra]  # "money": the Money role
+        if arg is not None and any(self.ontology.fits(new.name, r, arg.entity_type) if arg.entity_type
+                                   else role_map(self.type, new).get(arg.role) == r for r in named):
+            return old, head
+        return None
+
     # ------------------------------------------------------------------ role swap
     def role_swap(self) -> Iterator[Candidate]:
         t = self.type
+        # a pronoun keeps the case of where it stands ("they" would end up as "... in they"): it never moves
+        args = [a for a in self.args if a.text.strip().lower() not in _CASED_PRONOUNS]
         # each filler must be able to fill the other's role: "a bus attacked the troops" or "the desert arrested
         # a policeman" are wrong without looking at the image, which is not what a role swap should test
-        pairs = [(a, b) for i, a in enumerate(self.args) for b in self.args[i + 1:]
+        pairs = [(a, b) for i, a in enumerate(args) for b in args[i + 1:]
                  if a.role != b.role and not t.is_symmetric(a.role, b.role) and norm(a.text) != norm(b.text)
                  and self._fits(a, b.role) and self._fits(b, a.role)]
         # Roles that take the same kinds of entity first (attacker <-> target, not target <-> place): the
@@ -201,11 +255,13 @@ class _Maker:
             if sa is None or sb is None or sa[1] > sb[0] and sb[1] > sa[0]:
                 continue
             text = self.clause.text
-            yield replace_spans(text, [(sa, text[sb[0]:sb[1]]), (sb, text[sa[0]:sa[1]])]), changed
+            edited = edit_clause(self.clause, [(sa, text[sb[0]:sb[1]]), (sb, text[sa[0]:sa[1]])])
+            if edited is not None:  # None: a verb could not be made to agree with the new subject
+                yield edited, changed
         if len(self.args) != 1 or self.clause is not None:
             return
         # A single argument moves to another role of the type, core and alike roles first.
-        moves = [(a, r) for a in self.args for r in t.role_names
+        moves = [(a, r) for a in args for r in t.role_names
                  if r != a.role and not t.is_symmetric(a.role, r) and self._fits(a, r)]
         self.rng.shuffle(moves)
         moves.sort(key=lambda m: (m[1] not in _core_roles(t.long_template), -role_similarity(t, m[0].role, t, m[1])))
@@ -239,7 +295,9 @@ class _Maker:
                 else:
                     span = self._span(a)
                     assert span is not None
-                    yield replace_spans(self.clause.text, [(span, match_tokenisation(new, self.clause.text))]), changed
+                    text = edit_clause(self.clause, [(span, match_tokenisation(new, self.clause.text))])
+                    if text is not None:
+                        yield text, changed
 
 
 def make_negatives(caption: str, event: Event, ontology: Ontology, rng: random.Random, positives: Sequence[str],
@@ -264,7 +322,9 @@ def make_negatives(caption: str, event: Event, ontology: Ontology, rng: random.R
         if cl is None:
             return []
     maker = _Maker(caption, event, ontology, rng, entity_pool, cl)
-    avoid = {norm(p) for p in positives} | {norm(maker.base())}
+    base = maker.base()
+    avoid = {norm(p) for p in positives} | {norm(base)}
+    doubled = doubled_words(base)
     out: list[Negative] = []
     for kind, want in counts.items():
         made = 0
@@ -272,7 +332,7 @@ def make_negatives(caption: str, event: Event, ontology: Ontology, rng: random.R
             continue
         for text, changed in getattr(maker, kind)():
             n = norm(text)
-            if not n or n in avoid:
+            if not n or n in avoid or doubled_words(text) > doubled:  # "... Moon Jae - in in Seoul"
                 continue
             avoid.add(n)
             out.append(Negative(kind, text, {**changed, "mode": mode}))  # type: ignore[arg-type]

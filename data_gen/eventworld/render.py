@@ -35,7 +35,8 @@ from data_gen.eventworld.scene import EVENT_TYPES, Actor, Scene, build_scene
 # Shard manifests record it, a partial set of another version is not resumed, `align.demo.ensure_eventworld`
 # renders anew over a stale set and benchmarks/quality.py keys its results by it. 2: Transport origin and
 # destination are named by their drawn building ("from a depot in Kharkiv to a clinic in Odesa").
-WORLD_VERSION = 2
+# 3: caption-edit negatives keep subject and verb agreeing ("Protesters shoot at a resident") and use noun triggers.
+WORLD_VERSION = 3
 SUPERSAMPLE = 2
 MIN_SIZE = 32
 
