@@ -27,14 +27,13 @@ from align.schema import Argument, Event, Negative
 from data_gen.caption_edit import (
     Clause,
     clause,
-    doubled_words,
     edit_clause,
-    inflect_trigger,
     match_tokenisation,
     norm,
     replace_spans,
     trigger_slot,
 )
+from data_gen.grammar import doubled_words, inflect_trigger
 
 Mode = Literal["template", "caption_edit"]
 MODES: tuple[str, ...] = ("template", "caption_edit")

@@ -6,15 +6,8 @@ from __future__ import annotations
 import pytest
 
 from align.schema import Argument, Event, Trigger
-from data_gen.caption_edit import (
-    Clause,
-    clause,
-    doubled_words,
-    edit_clause,
-    inflect_trigger,
-    phrase_number,
-    trigger_slot,
-)
+from data_gen.caption_edit import Clause, clause, edit_clause, trigger_slot
+from data_gen.grammar import doubled_words, inflect_trigger, phrase_number
 
 
 def cut(caption: str, trigger: str, args: list[str], type_: str = "Conflict.Attack") -> Clause:

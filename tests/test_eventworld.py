@@ -32,7 +32,17 @@ from data_gen.eventworld import (
     visible_alternatives,
 )
 from data_gen.eventworld.audit import audit, swap_verdict
-from data_gen.eventworld.captions import BUILDING_PLACES, building_style
+from data_gen.eventworld.captions import (
+    BUILDING_PLACES,
+    COUNTRIES,
+    PERSON_NOUNS,
+    TEMPLATES,
+    TITLES,
+    Filler,
+    building_style,
+    compose,
+    subject_plural,
+)
 from data_gen.eventworld.cli import EventWorldSamples, stored_world_version
 from data_gen.eventworld.m2e2 import read_m2e2, write_m2e2_gold
 from data_gen.eventworld.preview import preview_grid
@@ -239,6 +249,37 @@ def test_visible_alternatives() -> None:
                 assert alt != a.text and alt.strip() == alt and alt
     with pytest.raises(ValueError, match="not a role"):
         visible_alternatives(Argument("Giver", "a man", "civilian"), "Life.Die")
+
+
+@pytest.mark.parametrize(("count", "variant", "want"), [
+    (2, 0, "Cash is evacuated"),  # two wads drawn, still "cash": the slip was "Cash are evacuated"
+    (2, 1, "Bundles of cash are evacuated"),
+    (1, 0, "Cash is evacuated"),
+    (1, 1, "Money is evacuated"),
+    (1, 2, "Banknotes are evacuated"),  # one wad drawn, but a plural word
+    (1, 3, "A wad of cash is evacuated"),
+])
+def test_money_subject_agrees_with_its_words(count: int, variant: int, want: str) -> None:
+    subject, template = TEMPLATES["Movement.Transport"][1]
+    assert subject == "Artifact" and "{V:is|are}" in template
+    fillers = {"Artifact": [Filler("money", count, variant, "cash")], "Vehicle": [Filler("vehicle", 1, 0, "truck")],
+               "Origin": [Filler("place", name="a depot in Kano")],
+               "Destination": [Filler("place", name="a clinic in Abuja")]}
+    caption, trigger, _ = compose(template, subject, fillers, "street", "Monday")
+    assert caption == f"{want} in a truck from a depot in Kano to a clinic in Abuja on Monday."
+    assert trigger[0] == "evacuated"
+
+
+def test_person_subjects_agree_with_the_drawn_count() -> None:
+    """For people the words and the drawn count agree, so the number rule (`subject_plural`) keeps every person
+    caption as it was: "Kenyan police are", "Mayor Maria Santos is" (a surname in -s, one person)."""
+    for etype in PERSON_NOUNS:
+        for count in (1, 2, 3):
+            for variant in range(6):
+                for nationality in (None, COUNTRIES[0][1]):
+                    for name, title in [(None, None)] + [("Maria Santos", t) for t in TITLES] * (count == 1):
+                        f = Filler(etype, count, variant, nationality=nationality, name=name, title=title)
+                        assert subject_plural(f) == (count > 1), f
 
 
 def test_preview_grid(samples: list[Sample], tmp_path) -> None:

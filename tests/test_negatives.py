@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from align.ontology import Ontology
 from align.schema import Argument, Event, Trigger
-from data_gen.caption_edit import clause, inflect_trigger, norm
+from data_gen.caption_edit import clause, norm
+from data_gen.grammar import inflect_trigger
 from data_gen.negatives import EntityPool, make_negatives, role_map
 
 ONT = Ontology.default()

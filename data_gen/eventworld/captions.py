@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from align.ontology import Ontology
 from align.schema import Argument
 from data_gen.eventworld.draw import HELD_TYPES, PERSON_TYPES, STANDALONE_TYPES, Color
+from data_gen.grammar import phrase_number
 
 VISIBLE_TYPES = PERSON_TYPES + HELD_TYPES + STANDALONE_TYPES + ("place",)
 
@@ -215,10 +216,19 @@ def phrase(f: Filler) -> str:
     return noun if noun in _MASS or noun.startswith("a ") else article(noun)
 
 
+def subject_plural(f: Filler) -> bool:
+    """Whether the verbs of a caption whose subject is `f` take the plural. By the words of its phrase, not by how
+    many are drawn: two wads of "cash" take "is", one "banknotes" takes "are". The same rule
+    (`grammar.phrase_number`) re-inflects the verb in caption-edit negatives, so negatives never fix what their
+    positive gets wrong, or the other way round; the drawn count decides only where that rule cannot tell."""
+    number = phrase_number(phrase(f))
+    return f.count > 1 if number is None else number == "plur"
+
+
 def compose(template: str, subject: str, fillers: dict[str, list[Filler]], place_kind: str, day: str
             ) -> tuple[str, tuple[str, int, int], list[tuple[str, int, int, str, int]]]:
     """Assemble a caption; returns (caption, (trigger, start, end), [(role, start, end, text, filler index)])."""
-    plural = fillers[subject][0].count > 1 if fillers.get(subject) else False
+    plural = subject_plural(fillers[subject][0]) if fillers.get(subject) else False
     out: list[str] = []
     pos = 0
     trigger = ("", 0, 0)
