@@ -6,8 +6,11 @@ The text goes through the project's caption IE (`data_gen.extract`, backend `rul
 events, the salient one is picked with the image's zero-shot type scores as prior (`data_gen.salient`). Each
 argument is encoded as `"Role: text"`, the format the OT head was trained on (`align.batch`), and the OT plan
 between arguments and candidate regions (`align.ot`, solver options from the checkpoint's `ot` config)
-grounds every argument in the region carrying most of its mass. A text without an extractable event gets the
-image's zero-shot event type and no arguments, and the JSON says so in `note`.
+grounds every argument in the region carrying most of its mass. With `--boxes` (object boxes) an argument that
+spreads its mass over several objects ("protesters") gets their union (`align.grounding.ground_union` with the
+checkpoint's `grounding_share`); sliding windows overlap, so there each argument keeps its top window. A text
+without an extractable event gets the image's zero-shot event type and no arguments, and the JSON says so in
+`note`.
 
 Candidate regions: `--boxes` (a JSON list of `[x1, y1, x2, y2]` in the image's pixels, or a detector file
 `{image_id: [[x1, y1, x2, y2, label?, score?], ...]}` as `data-gen build --regions json:` reads, keyed by the
@@ -30,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from align.atomic import atomic_open, atomic_write_text
+from align.grounding import grounded_regions, union_boxes
 from align.inference import (
     CheckpointError,
     encode_images,
@@ -112,15 +116,22 @@ def read_boxes(path: str | Path, image_id: str) -> list[Box]:
 
 
 # --------------------------------------------------------------------------- OT grounding
+def module_plan(module: EventAlignModule, texts: Tensor, text_mask: Tensor, regions: Tensor,
+                region_mask: Tensor) -> Tensor:
+    """The (B, N, R) grounding plan of texts (B, N, D) over regions (B, R, D), as the module's metric builds it."""
+    c = module.ot_config
+    return grounding_plan(texts, regions, text_mask, region_mask, marginals=module.evaluation.grounding_decoder,
+                          eps=c.eps, n_iters=c.n_iters, reg_m=c.reg_m, method=c.method)
+
+
 @torch.no_grad()
 def ot_ground(module: EventAlignModule, texts: Tensor, text_mask: Tensor, regions: Tensor,
-              region_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+              region_mask: Tensor, plan: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Ground texts (B, N, D) in regions (B, R, D) with the module's OT solver: per text the region index
-    (-1 where masked or no region), its cosine similarity, and the share of the text's mass it carries."""
-    c = module.ot_config
+    (-1 where masked or no region), its cosine similarity, and the share of the text's mass it carries.
+    `plan`: `module_plan`'s, when the caller already has it."""
     cost = cosine_cost(texts, regions)
-    plan = grounding_plan(texts, regions, text_mask, region_mask, marginals=module.evaluation.grounding_decoder,
-                          eps=c.eps, n_iters=c.n_iters, reg_m=c.reg_m, method=c.method)
+    plan = module_plan(module, texts, text_mask, regions, region_mask) if plan is None else plan
     dummy = torch.zeros(*regions.shape[:2], 4, device=regions.device)
     idx, _ = ground_plan(plan, dummy, text_mask, region_mask)
     at = idx.clamp_min(0)[..., None]
@@ -179,11 +190,19 @@ def ground(module: EventAlignModule, image: str | Path, text: str, boxes: Sequen
         out.update(arguments=[], note="the text's event has no arguments to ground")
         return out
     emb = encode_texts(module, [f"{a.role}: {a.text}" for a in args])[None]
-    idx, sim, share = ot_ground(module, emb, torch.ones(1, len(args), dtype=torch.bool), regions, region_mask)
+    arg_mask = torch.ones(1, len(args), dtype=torch.bool, device=regions.device)
+    with torch.no_grad():
+        plan = module_plan(module, emb, arg_mask, regions, region_mask)
+    idx, sim, share = ot_ground(module, emb, arg_mask, regions, region_mask, plan)
+    # object boxes: a plural argument spans its instances; overlapping sliding windows are no instances
+    picked = grounded_regions(plan, arg_mask, region_mask,
+                              module.evaluation.grounding_share if boxes is not None else 1.0).cpu()
+    union = union_boxes(picked, torch.tensor([cand], dtype=torch.float64))[0]
     out["arguments"] = [
-        {"role": a.role, "text": a.text, "box": [round(v, 1) for v in cand[int(i)]], "score": round(float(s), 4),
+        {"role": a.role, "text": a.text, "box": [round(float(v), 1) for v in u],
+         "regions": p.nonzero()[:, 0].tolist(), "top_region": int(i), "score": round(float(s), 4),
          "share": round(float(m), 4)}
-        for a, i, s, m in zip(args, idx[0], sim[0], share[0])]
+        for a, u, p, i, s, m in zip(args, union, picked[0], idx[0], sim[0], share[0])]
     return out
 
 

@@ -19,8 +19,9 @@ from torch import Tensor
 
 from align.batch import ImageDecoder, ImageError
 from align.data import CLIP_MEAN, CLIP_STD
+from align.hparams import EvalConfig, LossWeights, OptimConfig, OTConfig
 from align.losses import ContrastiveLossConfig
-from align.module import EvalConfig, EventAlignModule, LossWeights, OptimConfig, OTConfig
+from align.module import EventAlignModule
 
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's own default bomb limit, as in EventDataModule
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from itertools import islice
 from typing import Any
 
@@ -26,126 +26,13 @@ from torchvision.ops import box_iou
 
 from align import __version__
 from align.accumulate import cached_backward, optimizer_steps
+from align.grounding import ground_union
+from align.hparams import EvalConfig, LossWeights, OptimConfig, OTConfig
 from align.losses import ContrastiveLoss, ContrastiveLossConfig, hard_negative_correct, ot_contrastive_loss
-from align.model import EventCLIP
+from align.model import EventCLIP, RegionHead
 from align.ontology import Ontology
-from align.ot import GradMode, Marginals, Method, ground, grounding_plan, ot_alignment_loss
+from align.ot import grounding_plan, ot_alignment_loss
 from align.schema import NEGATIVE_KINDS
-
-
-@dataclass
-class OptimConfig:
-    """AdamW with per-step linear warmup then cosine decay to `min_lr_ratio * lr`.
-
-    Attributes:
-        lr: peak learning rate.
-        weight_decay: AdamW decay of the weight matrices (not of biases, norms or the logit scale).
-        betas: AdamW betas.
-        eps: AdamW epsilon.
-        warmup_steps: optimizer steps of linear warmup from 0 to `lr`.
-        min_lr_ratio: learning rate at the end of the cosine decay, as a fraction of `lr`.
-        fused: torch's fused AdamW kernel (one kernel for all parameters instead of a loop of small ops). null:
-            fused when every trainable parameter is on a CPU or CUDA device, where torch has the kernel.
-        clip_grad_norm: clip the global gradient norm to this value (null: no clipping). It works in both modes;
-            with `accumulate_batches` > 1 it replaces `trainer.gradient_clip_val`, which Lightning refuses under
-            manual optimization.
-    """
-
-    lr: float = 5e-4
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.0
-    fused: bool | None = None
-    clip_grad_norm: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
-            raise ValueError(f"OptimConfig.clip_grad_norm must be > 0 or null, got {self.clip_grad_norm}")
-
-
-@dataclass
-class OTConfig:
-    """Solver of the OT argument-alignment head (see `align/ot.py`).
-
-    Attributes:
-        eps: entropic regularisation of the transport plan.
-        n_iters: solver iterations.
-        reg_m: marginal relaxation for unbalanced OT, so regions may stay unmatched (null: balanced).
-        method: OT solver.
-        grad: gradients through the cost only (plan detached: envelope) or through unrolled iterations.
-        marginals: "assignment": each argument carries one region's worth of mass and the regions no argument
-            names go to a slack row (`align.ot.assignment_plan`), so bystanders neither pull on arguments nor add to
-            the distance; "uniform": every region is transported. Needs reg_m null.
-    """
-
-    eps: float = 0.1
-    n_iters: int = 50
-    reg_m: float | None = None
-    method: Method = "sinkhorn_stabilized"
-    grad: GradMode = "envelope"
-    marginals: Marginals = "assignment"
-
-    def __post_init__(self) -> None:
-        if self.marginals == "assignment" and self.reg_m is not None:
-            raise ValueError("OTConfig: marginals 'assignment' is balanced by construction; set reg_m: null or "
-                             "marginals: uniform")
-
-
-@dataclass
-class LossWeights:
-    """How much each objective counts. A weight of 0 switches the objective (and its compute) off.
-
-    Attributes:
-        contrastive: weight of the image-text contrastive loss.
-        hard_negatives: include the sample's K hard negatives as extra columns of the contrastive loss.
-        ot: weight of the OT argument-alignment loss (distance of the true structure + its contrastive hinge).
-        ot_contrastive: weight of the hinge: true structure closer than role-swapped / replaced ones.
-        ot_margin: margin of that hinge.
-        ot_distance: weight of the true structure's own OT distance inside the OT loss. Trained from scratch it
-            pulls every region towards every argument and collapses them onto one point (grounding at chance);
-            0 keeps only the relative terms (the hinge and `ot_batch`).
-        ot_batch: weight of the cross-sample OT contrast (`align.losses.ot_contrastive_loss`): a sample's
-            arguments must be OT-closer to its own image's regions than to every other image's in the batch
-            (gathered across ranks), and the reverse. Weakly supervised, by captions only; it is what makes
-            region embeddings discriminative enough to ground arguments.
-        ot_temperature: temperature of that contrast over OT distances (which lie in [0, 2]).
-        event_type: weight of the event-type heads on the image and the primary text (progressive stage 1).
-    """
-
-    contrastive: float = 1.0
-    hard_negatives: bool = True
-    ot: float = 0.0
-    ot_contrastive: float = 1.0
-    ot_margin: float = 0.1
-    ot_distance: float = 1.0
-    ot_batch: float = 0.0
-    ot_temperature: float = 0.05
-    event_type: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("contrastive", "ot", "ot_contrastive", "ot_distance", "ot_batch", "event_type"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"LossWeights.{name} must be >= 0, got {getattr(self, name)}")
-        if self.ot_temperature <= 0:
-            raise ValueError(f"LossWeights.ot_temperature must be > 0, got {self.ot_temperature}")
-
-
-@dataclass
-class EvalConfig:
-    """Evaluation options.
-
-    Attributes:
-        retrieval_k: cut-offs of the test-set retrieval hit rates (image->text and text->image).
-        grounding_iou: IoU with the gold box at which a grounded argument counts as correct.
-        grounding_decoder: marginals of the plan an argument's region is read from (`align.ot.grounding_plan`):
-            "assignment" (one region per argument, the rest to a slack row) or "uniform" (every region spent).
-    """
-
-    retrieval_k: tuple[int, ...] = (1, 5, 10)
-    grounding_iou: float = 0.5
-    grounding_decoder: Marginals = "assignment"
 
 
 class EventAlignModule(L.LightningModule):
@@ -159,6 +46,7 @@ class EventAlignModule(L.LightningModule):
         lock_image: bool = False,
         lock_text: bool = False,
         grad_checkpointing: bool = False,
+        region_head: RegionHead = "pool",
         contrastive: ContrastiveLossConfig = ContrastiveLossConfig(),  # noqa: B008
         weights: LossWeights = LossWeights(),  # noqa: B008
         ot: OTConfig = OTConfig(),  # noqa: B008
@@ -175,6 +63,8 @@ class EventAlignModule(L.LightningModule):
             lock_image: freeze the image tower (LiT).
             lock_text: freeze the text tower.
             grad_checkpointing: trade compute for memory in both towers.
+            region_head: region features (`align.model`): "pool" (RoIAlign the last feature map) or "res5"
+                (ResNet towers: RoIAlign layer3 and run layer4 per region, fine enough for small objects).
             contrastive: image-text contrastive loss variant (ce | bce | kl) and options.
             weights: which objectives are on and how much each counts.
             ot: optimal-transport solver options for the argument alignment head.
@@ -193,14 +83,15 @@ class EventAlignModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters({
             "model_name": model_name, "pretrained": pretrained, "init_from": init_from, "lock_image": lock_image,
-            "lock_text": lock_text, "grad_checkpointing": grad_checkpointing, "contrastive": asdict(contrastive),
-            "weights": asdict(weights), "ot": asdict(ot), "optim": asdict(optim), "evaluation": asdict(evaluation),
+            "lock_text": lock_text, "grad_checkpointing": grad_checkpointing, "region_head": region_head,
+            "contrastive": asdict(contrastive), "weights": asdict(weights), "ot": asdict(ot), "optim": asdict(optim),
+            "evaluation": asdict(evaluation),
             "ontology": ontology, "accumulate_batches": accumulate_batches,
         })
         self.weights, self.ot_config, self.optim, self.evaluation = weights, ot, optim, evaluation
         self.ontology = Ontology.load(ontology) if ontology else Ontology.default()
         self.model = EventCLIP(model_name, pretrained=pretrained, lock_image=lock_image, lock_text=lock_text,
-                               grad_checkpointing=grad_checkpointing)
+                               grad_checkpointing=grad_checkpointing, region_head=region_head)
         self.contrastive = ContrastiveLoss(contrastive)
         n_types = len(self.ontology.type_names)
         self.image_type_head = nn.Linear(self.model.embed_dim, n_types)
@@ -407,7 +298,8 @@ class EventAlignModule(L.LightningModule):
         plan = grounding_plan(out["args"], out["regions"], batch["arg_mask"], out["region_mask"],
                               marginals=self.evaluation.grounding_decoder, eps=c.eps, n_iters=c.n_iters,
                               reg_m=c.reg_m, method=c.method)
-        _, pred_boxes = ground(plan, batch["boxes"], batch["arg_mask"], out["region_mask"])
+        _, pred_boxes = ground_union(plan, batch["boxes"], batch["arg_mask"], out["region_mask"],
+                                     self.evaluation.grounding_share)
         iou = box_iou(pred_boxes[gold_mask], batch["arg_boxes"][gold_mask]).diagonal()
         self.grounding_acc.update((iou >= self.evaluation.grounding_iou).float())
 

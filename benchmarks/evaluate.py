@@ -3,7 +3,7 @@
     python benchmarks/evaluate.py --ckpt runs/demo/checkpoints/last.ckpt \
         --baseline-ckpt runs/eventworld-clip-baseline/checkpoints/last.ckpt \
         --shards 'shards/eventworld/test-*.tar' --out benchmarks/results/eval --run runs/demo [--limit N] [--json]
-        [--grounding-decoder assignment|uniform]
+        [--grounding-decoder assignment|uniform] [--grounding-share S]
 
 The test split is read exactly as `align test` reads it (`EventDataModule` with each checkpoint's own data
 settings: same primary descriptions, hard negatives, regions and argument lists). Columns: `model` (--ckpt),
@@ -18,7 +18,9 @@ settings: same primary descriptions, hard negatives, regions and argument lists)
 - grounding: each argument ("Role: text") goes to the region carrying most of its mass in the OT plan with
   `--grounding-decoder` marginals (`align.ot.grounding_plan`: "assignment", the default, an entropic one-to-one
   assignment of arguments to regions; "uniform", every region transported), with the checkpoint's OT eps and
-  iterations; correct when IoU with its gold box >= the checkpoint's `grounding_iou` (0.5). Blind: the region whose
+  iterations, and its box is the union of the regions carrying >= `--grounding-share` of its top region's mass
+  (`align.grounding.ground_union`; default: the checkpoint's `grounding_share`; 1 = the top region only); correct
+  when IoU with its gold box >= the checkpoint's `grounding_iou` (0.5). Blind: the region whose
   box (centre and size as fractions of the image) is nearest to that role's mean gold box in the training split
   (box geometry only; the largest region for a role never seen).
 - zero-shot event type: the type prompt (`align.inference.type_prompts`) most similar to the image; accuracy and
@@ -53,11 +55,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from align import __version__  # noqa: E402
 from align.atomic import atomic_open, atomic_write_text  # noqa: E402
 from align.data import EventDataModule, expand_shards  # noqa: E402
+from align.grounding import ground_union  # noqa: E402
 from align.inference import CheckpointError, encode_texts, load_module, read_checkpoint, type_prompts  # noqa: E402
 from align.losses import hard_negative_correct  # noqa: E402
 from align.mee import MODES, evaluate_mee, list_images, predict_mee  # noqa: E402
 from align.module import EventAlignModule  # noqa: E402
-from align.ot import MARGINALS, Marginals, ground, grounding_plan  # noqa: E402
+from align.ot import MARGINALS, Marginals, grounding_plan  # noqa: E402
 from align.schema import NEGATIVE_KINDS, RECORD_EXT, Sample  # noqa: E402
 from benchmarks import eval_plots  # noqa: E402
 from benchmarks.eval_blind import TrainStats, blind_mee, blind_raw, grounding_chance  # noqa: E402
@@ -156,8 +159,13 @@ class _Recorder:
     def __init__(self, encoder: Any) -> None:
         self.encoder, self.records = encoder, {}
 
-    def __call__(self, raw: dict[str, Any], epoch: int | None) -> dict[str, Any]:
-        ex = self.encoder(raw, epoch)
+    def __getattr__(self, name: str) -> Any:  # the loader reads the encoder's settings (image size, ...)
+        if name == "encoder":  # not set yet (a copy under construction): no endless recursion
+            raise AttributeError(name)
+        return getattr(self.encoder, name)
+
+    def __call__(self, raw: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        ex = self.encoder(raw, *args, **kwargs)
         sample = Sample.from_json(raw[RECORD_EXT])
         self.records[ex["key"]] = {"pos": ex["pos"][0] or "", "neg": [t for t, _ in ex["neg"]], "args": ex["args"],
                                    "size": [sample.width, sample.height]}
@@ -185,8 +193,9 @@ def split_loader(module: EventAlignModule, settings: dict[str, Any], shards: str
 
 @torch.no_grad()
 def collect(module: EventAlignModule, settings: dict[str, Any], shards: str, limit: int | None, desc: str,
-            decoder: Marginals = "assignment") -> dict[str, Any]:
-    """Embeddings, hard-negative verdicts, grounded boxes, type predictions and thumbnails of every test sample."""
+            decoder: Marginals = "assignment", share: float | None = None) -> dict[str, Any]:
+    """Embeddings, hard-negative verdicts, grounded boxes, type predictions and thumbnails of every test sample
+    (`share`: `ground_union`'s, default the checkpoint's `grounding_share`)."""
     loader, recorder = split_loader(module, settings, shards)
     device = next(module.parameters()).device
     names, prompts = type_prompts(module)
@@ -203,7 +212,8 @@ def collect(module: EventAlignModule, settings: dict[str, Any], shards: str, lim
         c = module.ot_config
         plan = grounding_plan(out["args"], out["regions"], batch["arg_mask"], out["region_mask"], marginals=decoder,
                               eps=c.eps, n_iters=c.n_iters, reg_m=c.reg_m, method=c.method)
-        _, pred_boxes = ground(plan, batch["boxes"], batch["arg_mask"], out["region_mask"])
+        _, pred_boxes = ground_union(plan, batch["boxes"], batch["arg_mask"], out["region_mask"],
+                                     module.evaluation.grounding_share if share is None else share)
         image = out["image"].float()
         for k, v in {"image": image, "text": out["pos"][:, 0].float(),
                      "neg_correct": hard_negative_correct(out["image"], out["pos"], batch["pos_mask"], out["neg"],
@@ -242,12 +252,14 @@ def _to_uint8(images: Tensor, module: EventAlignModule) -> Tensor:
 
 def cached_collect(name: str, ckpt: Path, settings: dict[str, Any], shards: str, limit: int | None,
                    mee: str | None, cache: Path, device: str,
-                   decoder: Marginals = "assignment") -> tuple[dict[str, Any], EventAlignModule]:
+                   decoder: Marginals = "assignment",
+                   share: float | None = None) -> tuple[dict[str, Any], EventAlignModule]:
     """`collect`, or its saved result when library version, checkpoint, shards, limit, MEE boxes and grounding
     decoder are unchanged (delete OUT/.cache after changing the evaluation code without a version bump)."""
     st = ckpt.stat()
     fingerprint = hashlib.sha1(json.dumps([CACHE_VERSION, __version__, str(ckpt.resolve()), st.st_size, st.st_mtime_ns,
-                                           expand_shards(shards, "test"), limit, mee, decoder]).encode()).hexdigest()
+                                           expand_shards(shards, "test"), limit, mee, decoder,
+                                           share]).encode()).hexdigest()
     module = load_module(ckpt, device)
     path = cache / f"{name}.pt"
     if path.is_file():
@@ -259,7 +271,7 @@ def cached_collect(name: str, ckpt: Path, settings: dict[str, Any], shards: str,
         if saved.get("fingerprint") == fingerprint:
             print(f"{name}: reusing {path}", file=sys.stderr)
             return saved["raw"], module
-    raw = collect(module, settings, shards, limit, desc=name, decoder=decoder)
+    raw = collect(module, settings, shards, limit, desc=name, decoder=decoder, share=share)
     if mee is not None:
         raw["mee"] = predict_test_mee(module, shards, raw["keys"], mee)
     with atomic_open(path, "wb") as f:
@@ -321,7 +333,8 @@ def report_markdown(report: dict[str, Any]) -> str:
              _table(f"Retrieval over {meta['num_samples']} pairs (hit@k = the paper's R@K; blind = chance)",
                     retrieval, cols),
              _table("Hard-negative accuracy (blind: bigram language model of training descriptions)", hardneg, cols),
-             _table(f"Grounding accuracy, IoU >= {meta['grounding_iou']}, `{meta['grounding_decoder']}` decoder "
+             _table(f"Grounding accuracy, IoU >= {meta['grounding_iou']}, `{meta['grounding_decoder']}` decoder, "
+                    f"share {meta.get('grounding_share', 1.0)} "
                     "(blind: mean training box per role)",
                     grounding, cols) + f"\nA region drawn at random from the candidates: {_fmt(chance)}.\n",
              _table("Zero-shot event type (blind: majority training type)", types, cols)]
@@ -351,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="MEE candidate regions: the records' object boxes (as grounding) or grid proposals")
     p.add_argument("--grounding-decoder", choices=MARGINALS, default="assignment",
                    help="marginals of the OT plan the arguments' regions are read from (align.ot.grounding_plan)")
+    p.add_argument("--grounding-share", type=float,
+                   help="an argument's box spans the regions with >= this share of its top region's mass "
+                        "(align.grounding.ground_union; default: the checkpoint's grounding_share; 1 = top only)")
     p.add_argument("--no-mee", action="store_true", help="skip MEE (it is also skipped when no gold file exists)")
     p.add_argument("--no-plots", action="store_true", help="write only eval.json and eval.md")
     p.add_argument("--device", default="cpu")
@@ -367,6 +383,8 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     """Collect, score, plot and write the report."""
     if args.limit is not None and args.limit < 1:
         p.error("--limit must be >= 1")
+    if args.grounding_share is not None and not 0.0 < args.grounding_share <= 1.0:
+        p.error("--grounding-share must be in (0, 1]")
     settings = data_settings(read_checkpoint(args.ckpt))
     shards = args.shards or settings.get("test")
     train_shards = args.train_shards or settings.get("train")
@@ -384,7 +402,7 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         if ckpt is not None:
             own = settings if name == "model" else data_settings(read_checkpoint(ckpt))
             raws[name], modules[name] = cached_collect(name, ckpt, own, shards, args.limit, mee, cache, args.device,
-                                                       args.grounding_decoder)
+                                                       args.grounding_decoder, args.grounding_share)
     train_urls = expand_shards(train_shards, "train shards")
     samples = tqdm(iter_records(train_urls), desc="training statistics", unit="sample", leave=False)
     stats = TrainStats(samples, settings.get("positive_kinds", ("long", "caption")), modules["model"])
@@ -415,6 +433,7 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             "shards": shards, "train_shards": train_shards, "num_samples": n, "limit": args.limit,
             "gold": str(gold_path) if use_mee else None, "mee_boxes": mee, "grounding_iou": iou,
             "grounding_decoder": args.grounding_decoder,
+            "grounding_share": args.grounding_share or modules["model"].evaluation.grounding_share,
             "retrieval_k": list(ks), "chance_retrieval": chance, "majority_type": stats.majority, "plots": plots,
             "blind": blind}
     report = {"meta": meta, "models": results}

@@ -231,7 +231,8 @@ def full_mode_split(cfg: dict[str, Any], shard: Path, reps: int) -> dict[str, fl
 
     from align import losses
     from align.data import EventDataModule
-    from align.module import EventAlignModule, LossWeights
+    from align.hparams import LossWeights
+    from align.module import EventAlignModule
     from align.ot import ot_alignment_loss
 
     full_cfg = yaml.safe_load(BASE_CONFIGS["ours_full"].read_text(encoding="utf-8"))

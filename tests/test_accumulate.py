@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 from align.accumulate import cached_backward, concat_batches
 from align.cli import run_cli
 from align.data import EventDataModule
-from align.module import EventAlignModule, LossWeights, OptimConfig
+from align.hparams import LossWeights, OptimConfig
+from align.module import EventAlignModule
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning",
                                         "ignore:Found `dataloader_iter` argument:UserWarning",

@@ -101,7 +101,11 @@ def test_ground_one_box_per_argument(tiny_ckpt: Path, eventworld_image: tuple[Pa
     assert out["event_type"] == "Justice.Arrest-Jail" and out["event_source"] == "text"
     assert out["regions"] == {"source": "boxes", "count": 2}
     assert [(a["role"], a["text"]) for a in out["arguments"]] == [("Agent", "a policeman"), ("Person", "a protester")]
-    assert all(a["box"] in ([0, 0, 64, 128], [64, 0, 128, 128]) for a in out["arguments"])
+    for a in out["arguments"]:  # the union of its picked boxes, the top one among them
+        picked = [given[i] for i in a["regions"]]
+        assert a["top_region"] in a["regions"] and set(a["regions"]) <= {0, 1}
+        assert a["box"] == [min(b[0] for b in picked), min(b[1] for b in picked), max(b[2] for b in picked),
+                            max(b[3] for b in picked)]
     assert abs(sum(out["image_type_scores"].values()) - 1) < 1e-3 and len(out["image_type_scores"]) == 8
 
     none = ground(module, path, "nothing happens", extractor=FixedExtractor([]))
@@ -137,6 +141,7 @@ def test_ground_cli_writes_json_and_png(tiny_ckpt: Path, eventworld_image: tuple
     for a in result["arguments"]:
         x1, y1, x2, y2 = a["box"]
         assert 0 <= x1 < x2 <= 128 and 0 <= y1 < y2 <= 128 and a["text"] in record["caption"]
+        assert a["regions"] == [a["top_region"]]  # sliding windows overlap: never a union of them
     with Image.open(out_png) as png:
         assert png.width == 384 and png.height > 384
 
@@ -147,7 +152,10 @@ def test_ground_cli_writes_json_and_png(tiny_ckpt: Path, eventworld_image: tuple
     result = json.loads(out_json.read_text())
     assert result["regions"] == {"source": "boxes", "count": len(record["regions"])}
     region_boxes = [[round(v, 1) for v in r["box"]] for r in record["regions"]]
-    assert all(a["box"] in region_boxes for a in result["arguments"])
+    for a in result["arguments"]:  # object boxes: the union of the picked ones (one, or a plural's instances)
+        picked = [region_boxes[i] for i in a["regions"]]
+        assert a["box"] == [min(b[0] for b in picked), min(b[1] for b in picked), max(b[2] for b in picked),
+                            max(b[3] for b in picked)]
 
 
 def test_ground_cli_bad_input_names_the_file(tiny_ckpt: Path, tmp_path: Path,
@@ -161,3 +169,42 @@ def test_ground_cli_bad_input_names_the_file(tiny_ckpt: Path, tmp_path: Path,
     assert f"{bad}: cannot decode image" in capsys.readouterr().err
     assert run(["ground", "--ckpt", str(tiny_ckpt), "--image", str(tmp_path / "nope.jpg"), "--text", "x"]) == 2
     assert "nope.jpg: image not found" in capsys.readouterr().err
+
+
+def test_grounding_error_kinds() -> None:
+    """benchmarks/grounding_errors.py: each miss gets the cause the breakdown reports."""
+    from benchmarks.grounding_errors import classify
+
+    boxes = torch.tensor([[0.0, 0, 20, 40], [30, 0, 50, 40], [2, 20, 8, 26], [0, 0, 128, 128], [80, 0, 100, 40]])
+    other = torch.tensor([[80.0, 0, 100, 40]])
+
+    def kind(pred: list[float], gold: list[float]) -> str:
+        return classify(torch.tensor(pred), torch.tensor(gold), boxes, other, 128, 0.5, 0.5)[0]
+
+    assert kind([0, 0, 20, 40], [0, 0, 20, 40]) == "correct"
+    assert kind([0, 0, 20, 40], [0, 0, 50, 40]) == "unreachable"  # the group of two: no single candidate covers it
+    assert kind([0, 0, 50, 40], [0, 0, 50, 40]) == "correct"  # ... their union does
+    assert kind([0, 0, 128, 128], [0, 0, 20, 40]) == "whole_image"
+    assert kind([0, 0, 20, 40], [0, 0, 128, 128]) == "whole_image"
+    assert kind([0, 0, 20, 40], [2, 20, 8, 26]) == "right_object"  # the holder for what it holds
+    assert kind([80, 0, 100, 40], [30, 0, 50, 40]) == "other_argument"
+    assert kind([0, 0, 20, 40], [30, 0, 50, 40]) == "wrong_object"
+
+
+def test_grounding_errors_benchmark_end_to_end(tiny_ckpt: Path, tiny_shards: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.grounding_errors import ERRORS
+    from benchmarks.grounding_errors import main as errors_main
+
+    out = tmp_path / "errors.json"
+    assert errors_main(["--ckpt", str(tiny_ckpt), "--shards", str(tiny_shards / "test-*.tar"), "--json",
+                        "--out", str(out)]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    rows = json.loads(out.read_text())["rows"]
+    assert rep["all"]["count"] == len(rows) > 0 and rep["meta"]["share"] == 0.7  # the checkpoint's default
+    assert rep["all"]["acc"] + sum(rep["all"][e] for e in ERRORS) == pytest.approx(1.0)
+    assert rep["all"]["ceiling"] == pytest.approx(sum(r["reachable"] for r in rows) / len(rows))
+    assert sum(g["count"] for g in rep["by"]["role"].values()) == len(rows)
+    assert {r["instances"] for r in rows} <= {1, 2, "3+", "?"} and all(r["role"] and r["text"] for r in rows)
+    assert errors_main(["--ckpt", str(tiny_ckpt), "--shards", str(tiny_shards / "test-*.tar"), "--share", "1"]) == 0
+    assert "| role | count | acc | ceiling | union |" in capsys.readouterr().out

@@ -1,5 +1,7 @@
 """Assignment marginals (`align.ot.assignment_plan`): exact grounding picks on small costs (`grounding_plan`), and
-in the OT head (`marginals="assignment"`) a bystander region neither costs nor pulls."""
+in the OT head (`marginals="assignment"`) a bystander region neither costs nor pulls. Union decoding
+(`align.grounding.ground_union`): a plural argument spans the instances its mass is split over. The res5 RoI head
+(`EventCLIP(region_head="res5")`): region features fine enough to tell a small object from its holder."""
 
 from __future__ import annotations
 
@@ -7,7 +9,10 @@ import itertools
 
 import pytest
 import torch
+from torchvision.ops import roi_align
 
+from align.grounding import ground_union, grounded_regions, union_boxes
+from align.model import EventCLIP, _attnpool_cells
 from align.ot import (
     assignment_plan,
     cosine_cost,
@@ -124,3 +129,118 @@ def test_pairwise_assignment_diagonal_is_the_heads_distance_and_bad_options_are_
         pairwise_ot_distance(args, amask, regions, rmask, marginals="assignment", reg_m=1.0)
     with pytest.raises(ValueError, match="marginals must be one of"):
         ot_alignment_loss(args, regions, amask, rmask, marginals="sparse")  # type: ignore[arg-type]
+
+
+def test_union_of_one_region_is_the_argmax_decoder() -> None:
+    gen = torch.Generator().manual_seed(4)
+    plan = torch.rand(3, 3, 4, generator=gen, dtype=torch.float64)
+    amask = torch.tensor([[True, True, False], [True, True, True], [True, True, True]])
+    rmask = torch.tensor([[True] * 4, [True, False, True, False], [False] * 4])
+    boxes = BOXES.expand(3, -1, -1)
+    idx, chosen = ground(plan, boxes, amask, rmask)
+    picked, union = ground_union(plan, boxes, amask, rmask, share=1.0)
+    assert torch.equal(union, chosen)
+    assert torch.equal(picked.sum(2), (idx >= 0).long())  # one region each, none for padding or no regions
+    assert torch.equal(picked.float().argmax(2).masked_fill(idx < 0, -1), idx)
+
+
+def test_plural_argument_spans_the_instances_its_mass_is_split_over() -> None:
+    # Arg 0 ("protesters") matches regions 0 and 1 equally, arg 1 ("a policeman") region 3 alone; region 2 is a
+    # bystander. The assignment plan splits arg 0's mass over its two instances and concentrates arg 1's.
+    cost = torch.tensor([[[0.1, 0.1, 1.0, 1.0], [1.0, 1.0, 1.0, 0.1]]], dtype=torch.float64)
+    amask, rmask = torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool)
+    plan = assignment_plan(cost, amask, rmask, eps=0.05, n_iters=500)
+    picked, union = ground_union(plan, BOXES, amask, rmask, share=0.5)
+    assert picked[0].tolist() == [[True, True, False, False], [False, False, False, True]]
+    assert union[0].tolist() == [[0, 0, 30, 10], [60, 0, 70, 10]]
+    single = ground_union(plan, BOXES, amask, rmask, share=1.0)[1]
+    assert single[0, 0].tolist() in ([0, 0, 10, 10], [20, 0, 30, 10])  # one instance only: IoU 0.5 at best
+    # a region with less than `share` of the top mass stays out: uneven split 0.1 vs 0.3 cost
+    uneven = assignment_plan(torch.tensor([[[0.1, 0.3, 1.0, 1.0]]], dtype=torch.float64), amask[:, :1], rmask,
+                             eps=0.05, n_iters=500)
+    assert grounded_regions(uneven, amask[:, :1], rmask, share=0.5)[0, 0].tolist() == [True, False, False, False]
+    assert grounded_regions(uneven, amask[:, :1], rmask, share=0.01)[0, 0].tolist() == [True, True, False, False]
+
+
+def test_union_boxes_and_bad_inputs() -> None:
+    picked = torch.tensor([[[True, False, True, False], [False, False, False, False]]])
+    assert union_boxes(picked, BOXES.float()).tolist() == [[[0, 0, 50, 10], [0, 0, 0, 0]]]
+    plan = torch.rand(1, 2, 4)
+    with pytest.raises(ValueError, match="share must be in"):
+        grounded_regions(plan, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool), share=0.0)
+    with pytest.raises(ValueError, match=r"boxes \(B, M, 4\)"):
+        ground_union(plan, BOXES[:, :3], torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool))
+
+
+# --------------------------------------------------------------------------- region features: the res5 RoI head
+def _rn(region_head: str) -> EventCLIP:
+    """Tiny ResNet with unit BN scales (open_clip zero-inits each block's last BN, leaving a fresh tower nearly
+    blind to its input)."""
+    torch.manual_seed(0)
+    model = EventCLIP("EventCLIP-TinyRN", region_head=region_head)  # type: ignore[arg-type]
+    with torch.no_grad():
+        for m in model.clip.visual.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.fill_(1.0)
+    return model.eval()
+
+
+def test_res5_head_whole_image_box_is_the_global_embedding_and_small_boxes_get_their_own_layer4() -> None:
+    res5, pool = _rn("res5"), _rn("pool")
+    images = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(5))
+    boxes = torch.tensor([[[0.0, 0.0, 128.0, 128.0], [40.0, 40.0, 52.0, 56.0]]] * 2)
+    res5.roi_output_size = pool.roi_output_size = 128 // 32  # one RoI cell per final feature cell
+    with torch.no_grad():
+        glob, r5, _ = res5.encode_image_and_regions(images, boxes)
+        _, rp, _ = pool.encode_image_and_regions(images, boxes)
+    assert torch.allclose(r5[:, 0], glob, atol=1e-5) and torch.allclose(rp[:, 0], glob, atol=1e-5)
+    visual = res5.clip.visual
+    with torch.no_grad():  # by hand: RoIAlign the layer3 map to 2 x 4 cells, layer4, attention pool
+        c4 = visual.layer3(visual.layer2(visual.layer1(visual.stem(images))))
+        rois = torch.tensor([[0.0, 40.0, 40.0, 52.0, 56.0]])
+        cells = roi_align(c4, rois, output_size=8, spatial_scale=c4.shape[-1] / 128, sampling_ratio=-1, aligned=True)
+        manual = torch.nn.functional.normalize(_attnpool_cells(visual.attnpool, visual.layer4(cells)), dim=-1)
+    err_res5, err_pool = (r5[0, 1] - manual[0]).abs().max(), (rp[0, 1] - manual[0]).abs().max()
+    assert err_res5 < 1e-6 and err_pool > 30 * err_res5  # the pool head's layer4 cells give another embedding
+
+
+def test_res5_head_trains_layer4_through_the_regions_and_is_refused_elsewhere() -> None:
+    model, alone = _rn("res5").train(), _rn("res5").train()
+    images = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(6))
+    boxes = torch.tensor([[[10.0, 10.0, 40.0, 60.0], [60.0, 70.0, 70.0, 90.0]]] * 2)
+    glob, regions, _ = model.encode_image_and_regions(images, boxes)
+    (glob.sum() + regions.sum()).backward()
+    assert model.clip.visual.layer4[0].conv1.weight.grad.abs().sum() > 0 and model.clip.visual.layer4[0].bn1.training
+    # the regions' layer4 pass neither updates the BatchNorm running statistics (the global pass alone does) ...
+    with torch.no_grad():
+        alone.clip.visual(images)
+    for bn, ref in zip(model.clip.visual.layer4.modules(), alone.clip.visual.layer4.modules()):
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            assert torch.equal(bn.running_mean, ref.running_mean) and torch.equal(bn.running_var, ref.running_var)
+    # ... nor normalises with the batch's: with the same layer3 map (the stages before layer4 in eval mode), a
+    # region is embedded as evaluation embeds it with the running statistics the global pass has just updated
+    model.eval()
+    model.clip.visual.layer4.train()
+    with torch.no_grad():
+        _, train_regions, _ = model.encode_image_and_regions(images, boxes)
+        model.eval()
+        _, eval_regions, _ = model.encode_image_and_regions(images, boxes)
+    assert torch.allclose(train_regions, eval_regions, atol=1e-6)
+    with pytest.raises(ValueError, match="needs a ModifiedResNet"):
+        EventCLIP("EventCLIP-Tiny", region_head="res5")
+    with pytest.raises(ValueError, match="region_head must be one of"):
+        EventCLIP("EventCLIP-TinyRN", region_head="fpn")  # type: ignore[arg-type]
+
+
+def test_module_region_head_reaches_the_model_and_comes_back_from_a_checkpoint(tmp_path) -> None:
+    from align.inference import load_module
+    from align.module import EventAlignModule
+
+    module = EventAlignModule("EventCLIP-TinyRN", region_head="res5")
+    assert module.model.region_head == "res5" and module.hparams["region_head"] == "res5"
+    path = tmp_path / "m.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    again = load_module(path)
+    assert again.model.region_head == "res5"
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), module.state_dict().values()))
+    assert EventAlignModule("EventCLIP-TinyRN").model.region_head == "pool", "old checkpoints keep the pool head"

@@ -363,7 +363,7 @@ def test_ot_contrastive_ddp_matches_single_process(tmp_path: Path) -> None:
 
 
 def test_loss_weights_reject_bad_values() -> None:
-    from align.module import LossWeights
+    from align.hparams import LossWeights
 
     with pytest.raises(ValueError, match="ot_batch"):
         LossWeights(ot_batch=-1.0)
