@@ -39,7 +39,7 @@ import hashlib
 import json
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,10 +154,11 @@ def score_all_mee(preds: dict[str, dict[str, Any]], gold_path: Path, keys: Seque
 
 # --------------------------------------------------------------------------- one pass over the test split
 class _Recorder:
-    """Stands in for the test stream's `SampleEncoder` to keep, per key, the texts and image size it encoded."""
+    """Stands in for the test stream's `SampleEncoder` to keep, per key, the texts and image size it encoded;
+    `observe`, when given, sees each encoded example with its parsed record too (one parse serves both)."""
 
-    def __init__(self, encoder: Any) -> None:
-        self.encoder, self.records = encoder, {}
+    def __init__(self, encoder: Any, observe: Callable[[dict[str, Any], Sample], None] | None = None) -> None:
+        self.encoder, self.records, self.observe = encoder, {}, observe
 
     def __getattr__(self, name: str) -> Any:  # the loader reads the encoder's settings (image size, ...)
         if name == "encoder":  # not set yet (a copy under construction): no endless recursion
@@ -169,6 +170,8 @@ class _Recorder:
         sample = Sample.from_json(raw[RECORD_EXT])
         self.records[ex["key"]] = {"pos": ex["pos"][0] or "", "neg": [t for t, _ in ex["neg"]], "args": ex["args"],
                                    "size": [sample.width, sample.height]}
+        if self.observe is not None:
+            self.observe(ex, sample)
         return ex
 
 
@@ -178,7 +181,8 @@ def data_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in hp.items() if not k.startswith("_")}
 
 
-def split_loader(module: EventAlignModule, settings: dict[str, Any], shards: str) -> tuple[Any, _Recorder]:
+def split_loader(module: EventAlignModule, settings: dict[str, Any], shards: str,
+                 observe: Callable[[dict[str, Any], Sample], None] | None = None) -> tuple[Any, _Recorder]:
     hp = {**settings, "train": None, "val": None, "test": shards, "num_workers": 0}
     hp.setdefault("image_size", module.model.image_size)
     if hp["image_size"] != module.model.image_size:
@@ -186,7 +190,7 @@ def split_loader(module: EventAlignModule, settings: dict[str, Any], shards: str
     dm = EventDataModule(**hp)
     dm.tokenizer = module.model.tokenizer
     loader = dm.test_dataloader()
-    recorder = _Recorder(loader.dataset.encoder)
+    recorder = _Recorder(loader.dataset.encoder, observe)
     loader.dataset.encoder = recorder  # num_workers=0: encoding runs in this process, so records stay here
     return loader, recorder
 

@@ -50,7 +50,7 @@ from align.grounding import ground_union  # noqa: E402
 from align.inference import CheckpointError, load_module, read_checkpoint  # noqa: E402
 from align.module import EventAlignModule  # noqa: E402
 from align.ot import MARGINALS, Marginals, grounding_plan  # noqa: E402
-from align.schema import RECORD_EXT, Sample  # noqa: E402
+from align.schema import Sample  # noqa: E402
 from benchmarks.evaluate import data_settings, split_loader  # noqa: E402
 
 SIZE_BINS = ((0.05, "< 5%"), (0.15, "5-15%"), (0.4, "15-40%"), (0.95, "40-95%"), (float("inf"), ">= 95%"))
@@ -74,20 +74,13 @@ def overlap_min(a: Tensor, b: Tensor) -> Tensor:
 
 
 class _ArgInfo:
-    """Wraps the test stream's `SampleEncoder` to keep, per key, each encoded argument's role, text, entity type
-    and number of instances (None where the record does not say)."""
+    """Keeps, per key, each encoded argument's role, text, entity type and number of instances (None where the
+    record does not say); `split_loader` calls it with every example the test stream encodes."""
 
-    def __init__(self, encoder: Any, module: EventAlignModule) -> None:
-        self.encoder, self.ontology, self.info = encoder, module.ontology, {}
+    def __init__(self, module: EventAlignModule) -> None:
+        self.ontology, self.info = module.ontology, {}
 
-    def __getattr__(self, name: str) -> Any:  # the loader reads the encoder's settings (image size, ...)
-        if name == "encoder":  # not set yet (a copy under construction): no endless recursion
-            raise AttributeError(name)
-        return getattr(self.encoder, name)
-
-    def __call__(self, raw: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        ex = self.encoder(raw, *args, **kwargs)
-        sample = Sample.from_json(raw[RECORD_EXT])
+    def __call__(self, ex: dict[str, Any], sample: Sample) -> None:
         event = sample.salient_event
         event = self.ontology.normalize(event) if event is not None else None
         args = event.arguments[: len(ex["args"])] if event is not None else []
@@ -99,7 +92,6 @@ class _ArgInfo:
             (a.role, a.text, a.entity_type or "unknown",
              len(role_boxes[a.role]) if per_role[a.role] == 1 and a.role in role_boxes else None)
             for a in args]
-        return ex
 
 
 def classify(pred: Tensor, gold: Tensor, boxes: Tensor, other_gold: Tensor, side: float, iou: float,
@@ -128,9 +120,8 @@ def classify(pred: Tensor, gold: Tensor, boxes: Tensor, other_gold: Tensor, side
 def collect(module: EventAlignModule, settings: dict[str, Any], shards: str, decoder: Marginals, share: float,
             limit: int | None, overlap: float) -> list[dict[str, Any]]:
     """One row per gold-boxed argument of the split: its attributes, the chosen box and the verdict."""
-    loader, _ = split_loader(module, settings, shards)
-    info = _ArgInfo(loader.dataset.encoder, module)
-    loader.dataset.encoder = info  # num_workers=0 (split_loader): encoding runs in this process
+    info = _ArgInfo(module)
+    loader, _ = split_loader(module, settings, shards, observe=info)
     device, c, iou = next(module.parameters()).device, module.ot_config, module.evaluation.grounding_iou
     rows: list[dict[str, Any]] = []
     seen = 0
